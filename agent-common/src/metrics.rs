@@ -1,0 +1,59 @@
+//! `NP_DROPS`: per-CPU packet counters by drop reason and direction.
+//!
+//! Reason codes are fixed forever: a retired reason keeps its number and is renamed
+//! `Unused<n>`. Adding one means updating `agent/src/metrics.rs` and the debug CLI.
+
+/// Map name.
+pub const DROPS_MAP_NAME: &str = "NP_DROPS";
+
+/// Why a packet was dropped (or, in audit mode, would have been).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// No allow entry matched.
+    Policy = 1,
+    /// The IP header was shorter than it claims or could not be read.
+    Malformed = 2,
+    /// A packet from a pod interface carried another local pod's source address.
+    Spoofed = 3,
+    /// A non-first fragment with no flow to attribute it to.
+    Fragment = 4,
+}
+
+impl DropReason {
+    /// One past the largest reason code: the number of rows per direction.
+    pub const COUNT: u32 = 5;
+    /// Every reason, in code order.
+    pub const ALL: [Self; 4] = [Self::Policy, Self::Malformed, Self::Spoofed, Self::Fragment];
+
+    /// Index of the (reason, direction) counter in `NP_DROPS`.
+    #[inline(always)]
+    pub const fn counter_index(self, direction: u8) -> u32 {
+        direction as u32 * Self::COUNT + self as u32
+    }
+
+    /// A short stable name for logs and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::Malformed => "malformed",
+            Self::Spoofed => "spoofed",
+            Self::Fragment => "fragment",
+        }
+    }
+}
+
+/// Entries in `NP_DROPS`: two directions of [`DropReason::COUNT`] rows.
+pub const DROPS_ENTRIES: u32 = 2 * DropReason::COUNT;
+
+/// One per-CPU counter cell.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+crate::impl_pod!(Counter);

@@ -1,0 +1,54 @@
+//! Every map of the programs. Sizes here are defaults; the loader sets the real ones.
+
+use agent_common::{
+    addr::Addr,
+    config::{self, Config},
+    endpoint::{self, Endpoint},
+    ipcache::{self, PeerClass},
+    metrics::{self, Counter},
+    policy::{self, PolicyKey, PolicyValue},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+
+#[map(name = "NP_ENDPOINTS")]
+pub static NP_ENDPOINTS: HashMap<Addr, Endpoint> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "NP_IPCACHE")]
+pub static NP_IPCACHE: LpmTrie<Addr, PeerClass> = LpmTrie::with_max_entries(65536, 0);
+
+#[map(name = "NP_POLICY")]
+pub static NP_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(65536, 0);
+
+#[map(name = "NP_CONFIG")]
+pub static NP_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "NP_DROPS")]
+pub static NP_DROPS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(metrics::DROPS_ENTRIES, 0);
+
+// The names above must be the ones userspace opens.
+const _: () = {
+    assert!(eq(endpoint::MAP_NAME, "NP_ENDPOINTS"));
+    assert!(eq(ipcache::MAP_NAME, "NP_IPCACHE"));
+    assert!(eq(policy::MAP_NAME, "NP_POLICY"));
+    assert!(eq(config::MAP_NAME, "NP_CONFIG"));
+    assert!(eq(metrics::DROPS_MAP_NAME, "NP_DROPS"));
+};
+
+const fn eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

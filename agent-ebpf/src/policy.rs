@@ -1,0 +1,31 @@
+//! Allow-entry lookup (`NP_POLICY`).
+
+use agent_common::{
+    ipcache::CLASS_ANY,
+    policy::{PREFIX_FULL, PolicyKey},
+};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::maps::NP_POLICY;
+
+/// The rule that allows (set, peer class, direction, protocol, port), if any.
+///
+/// Precedence: 1. an entry for the packet's own peer class; 2. an entry for any peer. Within
+/// each, the trie picks the longest prefix (exact port, then port range, then all ports of the
+/// protocol, then all protocols). Every entry allows, so the order only decides which rule is
+/// credited.
+#[inline(always)]
+pub fn lookup_allow(set: u32, class: u32, direction: u8, protocol: u8, port: u16) -> Option<u32> {
+    let key = Key::new(
+        PREFIX_FULL,
+        PolicyKey::new(set, class, direction, protocol, port),
+    );
+    if let Some(value) = NP_POLICY.get(&key) {
+        return Some(value.rule);
+    }
+    let key = Key::new(
+        PREFIX_FULL,
+        PolicyKey::new(set, CLASS_ANY, direction, protocol, port),
+    );
+    NP_POLICY.get(&key).map(|value| value.rule)
+}

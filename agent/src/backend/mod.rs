@@ -1,0 +1,3 @@
+//! Backends program the node with the compiled state.
+
+pub mod ebpf;

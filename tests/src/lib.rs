@@ -1,0 +1,22 @@
+//! Shared pieces of the integration suites.
+//!
+//! - [`packet`]: crafted frames for BPF_PROG_TEST_RUN.
+//! - [`require_root`]: the skip rule for tests that need root.
+
+pub mod packet;
+
+/// Whether this process may load BPF programs. Tests that need it print why they skip
+/// otherwise (CI runs as root, so there they always run).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc_geteuid() } == 0;
+    if !root {
+        eprintln!("skipping {test}: needs root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    root
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
