@@ -1,20 +1,25 @@
 //! The tc programs through BPF_PROG_TEST_RUN: crafted frames against hand-written map contents,
-//! checking the tc verdict and the drop counters.
+//! checking tc verdicts, connection tracking sequences and counters.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, thread::sleep, time::Duration};
 
 use agent_common::{
     addr::Addr,
     config::{CONFIG_ENFORCEMENT_OFF, Config},
     endpoint::{Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
-    ipcache::CLASS_WORLD,
+    ipcache::{CLASS_ANY, CLASS_WORLD},
     metrics::DropReason,
-    policy::{DIR_EGRESS, DIR_INGRESS, PREFIX_ANY_PROTO, PREFIX_FULL, PolicyKey},
+    policy::{DIR_EGRESS, DIR_INGRESS, PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PREFIX_FULL, PolicyKey},
 };
 use aya::programs::{TestRun, TestRunOptions};
-use netpol_agent::backend::ebpf::{Datapath, MapSizes, PROG_FROM_POD, PROG_TO_POD};
+use netpol_agent::backend::ebpf::{
+    Datapath, MapSizes, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK,
+};
 use netpol_tests::{
-    packet::{Fragment, Ipv6Ext, PacketSpec, TCP_SYN, Transport, arp_request},
+    packet::{
+        Fragment, Ipv6Ext, PacketSpec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport,
+        arp_request,
+    },
     require_root,
 };
 
@@ -25,18 +30,25 @@ const DROP: u32 = 2;
 
 const POD_A: &str = "10.244.1.10";
 const POD_A6: &str = "fd00:10:244:1::a";
+const POD_B: &str = "10.244.1.12";
 const POD_UNSELECTED: &str = "10.244.1.11";
 const PEER_WEB: &str = "10.244.1.20";
 const PEER_WEB6: &str = "fd00:10:244:1::14";
 const INTERNET: &str = "198.51.100.7";
 const INTERNET_CARVED_OUT: &str = "198.51.100.200";
 const ELSEWHERE: &str = "203.0.113.1";
+const SERVICE_VIP: &str = "10.96.0.10";
 
 const SET_A_INGRESS: u32 = 7;
 const SET_A_EGRESS: u32 = 8;
+const SET_B_EGRESS: u32 = 9;
 const CLASS_WEB: u32 = 5;
 const CLASS_INTERNET: u32 = 6;
-const RULE: u32 = 42;
+const RULE_WEB: u32 = 41;
+const RULE_OTHER: u32 = 42;
+
+/// The interface a forwarded test packet claims to have arrived on.
+const FORWARDED_FROM: u32 = 7;
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test addresses are valid")
@@ -46,90 +58,134 @@ fn addr(text: &str) -> Addr {
     Addr::from(ip(text))
 }
 
-/// Pod A: ingress allows TCP/80 from the web class, UDP from the internet /24 (except its
-/// upper half), TCP 8000-8003 from anyone; egress allows anything to the internet /24.
-fn load_fixture(endpoint_flags: u32) -> Datapath {
-    let mut datapath = Datapath::load(MapSizes::default()).expect("the object loads");
-    let endpoint = Endpoint {
-        id: 1,
-        ifindex: 0,
-        flags: FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED | endpoint_flags,
-        ingress_set: SET_A_INGRESS,
-        egress_set: SET_A_EGRESS,
-    };
-    datapath
-        .insert_endpoint(addr(POD_A), endpoint)
-        .expect("endpoint");
-    datapath
-        .insert_endpoint(addr(POD_A6), endpoint)
-        .expect("endpoint");
-    datapath
-        .insert_prefix(addr(PEER_WEB), 32, CLASS_WEB)
-        .expect("prefix");
-    datapath
-        .insert_prefix(addr(PEER_WEB6), 128, CLASS_WEB)
-        .expect("prefix");
-    datapath
-        .insert_prefix(addr("198.51.100.0"), 24, CLASS_INTERNET)
-        .expect("prefix");
-    datapath
-        .insert_prefix(addr("198.51.100.128"), 25, CLASS_WORLD)
-        .expect("prefix");
-    let entries = [
-        (
-            PREFIX_FULL,
-            PolicyKey::new(SET_A_INGRESS, CLASS_WEB, DIR_INGRESS, 6, 80),
-        ),
-        (
-            80,
-            PolicyKey::new(SET_A_INGRESS, CLASS_INTERNET, DIR_INGRESS, 17, 0),
-        ),
-        // 8000..=8003: one aligned block of four ports.
-        (
-            PREFIX_FULL - 2,
-            PolicyKey::new(SET_A_INGRESS, 0, DIR_INGRESS, 6, 8000),
-        ),
-        (
-            PREFIX_ANY_PROTO,
-            PolicyKey::new(SET_A_EGRESS, CLASS_INTERNET, DIR_EGRESS, 0, 0),
-        ),
-    ];
-    for (prefix_len, key) in entries {
-        datapath
-            .insert_policy(prefix_len, key, RULE)
-            .expect("policy");
+/// Where a packet comes from, as the programs can tell.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// Forwarded by the node (arrived on an interface).
+    Forwarded,
+    /// Sent by the node itself.
+    Node,
+}
+
+/// A loaded datapath with these maps:
+/// - pod A (v4 and v6): ingress allows TCP/80 from the web class, UDP from the internet /24
+///   (except its upper half), TCP 8000-8003 from anyone; egress allows anything to the
+///   internet /24;
+/// - pod B: egress-isolated, allowed only to the internet /24; its address is in the web class;
+/// - 10.96.0.0/16 is a Service range.
+struct Harness {
+    datapath: Datapath,
+}
+
+impl Harness {
+    fn new(endpoint_flags: u32) -> Self {
+        let mut datapath = Datapath::load(MapSizes::default()).expect("the object loads");
+        let a = Endpoint {
+            id: 1,
+            ifindex: 0,
+            flags: FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED | endpoint_flags,
+            ingress_set: SET_A_INGRESS,
+            egress_set: SET_A_EGRESS,
+        };
+        datapath.insert_endpoint(addr(POD_A), a).expect("endpoint");
+        datapath.insert_endpoint(addr(POD_A6), a).expect("endpoint");
+        let b = Endpoint {
+            id: 2,
+            ifindex: 0,
+            flags: FLAG_EGRESS_ISOLATED,
+            ingress_set: 0,
+            egress_set: SET_B_EGRESS,
+        };
+        datapath.insert_endpoint(addr(POD_B), b).expect("endpoint");
+        for (prefix, len, class) in [
+            (PEER_WEB, 32, CLASS_WEB),
+            (POD_B, 32, CLASS_WEB),
+            (PEER_WEB6, 128, CLASS_WEB),
+            ("198.51.100.0", 24, CLASS_INTERNET),
+            ("198.51.100.128", 25, CLASS_WORLD),
+        ] {
+            datapath.insert_prefix(addr(prefix), len, class).expect("prefix");
+        }
+        datapath.insert_service_range(addr("10.96.0.0"), 16).expect("service range");
+        let entries = [
+            (PREFIX_FULL, PolicyKey::new(SET_A_INGRESS, CLASS_WEB, DIR_INGRESS, 6, 80), RULE_WEB),
+            (
+                PREFIX_ANY_PORT,
+                PolicyKey::new(SET_A_INGRESS, CLASS_INTERNET, DIR_INGRESS, 17, 0),
+                RULE_OTHER,
+            ),
+            // 8000..=8003: one aligned block of four ports.
+            (
+                PREFIX_FULL - 2,
+                PolicyKey::new(SET_A_INGRESS, CLASS_ANY, DIR_INGRESS, 6, 8000),
+                RULE_OTHER,
+            ),
+            (
+                PREFIX_ANY_PROTO,
+                PolicyKey::new(SET_A_EGRESS, CLASS_INTERNET, DIR_EGRESS, 0, 0),
+                RULE_OTHER,
+            ),
+            (
+                PREFIX_ANY_PROTO,
+                PolicyKey::new(SET_B_EGRESS, CLASS_INTERNET, DIR_EGRESS, 0, 0),
+                RULE_OTHER,
+            ),
+        ];
+        for (prefix_len, key, rule) in entries {
+            datapath.insert_policy(prefix_len, key, rule).expect("policy");
+        }
+        Self { datapath }
     }
-    datapath
+
+    fn config(&mut self, config: Config) {
+        self.datapath.set_config(config).expect("config");
+    }
+
+    fn run(&mut self, program: &'static str, frame: &[u8], origin: Origin) -> u32 {
+        // `struct __sk_buff` up to `ifindex`: only `ingress_ifindex` (offset 36) is set; the
+        // kernel (5.10+) rejects other non-zero fields it does not take from userspace.
+        let mut ctx = [0u8; 44];
+        if let Origin::Forwarded = origin {
+            ctx[36..40].copy_from_slice(&FORWARDED_FROM.to_ne_bytes());
+        }
+        let program = self.datapath.program(program).expect("program is loaded");
+        let mut options = TestRunOptions::default();
+        options.data_in = Some(frame);
+        options.ctx_in = Some(&ctx);
+        program.test_run(options).expect("test run").return_value
+    }
+
+    fn to_pod(&mut self, spec: &PacketSpec) -> u32 {
+        self.run(PROG_TO_POD, &spec.build(), Origin::Forwarded)
+    }
+
+    fn from_pod(&mut self, spec: &PacketSpec) -> u32 {
+        self.run(PROG_FROM_POD, &spec.build(), Origin::Forwarded)
+    }
+
+    fn to_uplink(&mut self, spec: &PacketSpec) -> u32 {
+        self.run(PROG_TO_UPLINK, &spec.build(), Origin::Forwarded)
+    }
+
+    fn drops(&self, reason: DropReason, direction: u8) -> u64 {
+        self.datapath.drops(reason, direction).expect("counters").packets
+    }
 }
 
-fn run(datapath: &mut Datapath, program: &'static str, frame: &[u8]) -> u32 {
-    let program = datapath.program(program).expect("program is loaded");
-    let mut options = TestRunOptions::default();
-    options.data_in = Some(frame);
-    program.test_run(options).expect("test run").return_value
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> PacketSpec {
+    PacketSpec::new(ip(src), ip(dst), Transport::Tcp { sport, dport, flags })
 }
 
-fn tcp(src: &str, dst: &str, dport: u16) -> PacketSpec {
-    PacketSpec::new(
-        ip(src),
-        ip(dst),
-        Transport::Tcp {
-            sport: 40000,
-            dport,
-            flags: TCP_SYN,
-        },
-    )
+fn syn(src: &str, dst: &str, dport: u16) -> PacketSpec {
+    tcp(src, dst, 40000, dport, TCP_SYN)
 }
 
-fn udp(src: &str, dst: &str, dport: u16) -> PacketSpec {
-    PacketSpec::new(
-        ip(src),
-        ip(dst),
-        Transport::Udp {
-            sport: 40000,
-            dport,
-        },
-    )
+fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> PacketSpec {
+    PacketSpec::new(ip(src), ip(dst), Transport::Udp { sport, dport })
+}
+
+fn echo(src: &str, dst: &str, kind: u8, id: u16) -> PacketSpec {
+    PacketSpec::new(ip(src), ip(dst), Transport::Icmp { kind, code: 0, id })
 }
 
 #[test]
@@ -137,61 +193,33 @@ fn ingress_verdicts_follow_class_protocol_and_port() {
     if !require_root("ingress_verdicts_follow_class_protocol_and_port") {
         return;
     }
-    let mut datapath = load_fixture(0);
+    let mut harness = Harness::new(0);
     let cases = [
-        ("web peer, TCP 80", tcp(PEER_WEB, POD_A, 80), PASS),
-        ("web peer, TCP 81", tcp(PEER_WEB, POD_A, 81), DROP),
-        (
-            "web peer, UDP 80 is not TCP",
-            udp(PEER_WEB, POD_A, 80),
-            DROP,
-        ),
+        ("web peer, TCP 80", syn(PEER_WEB, POD_A, 80), PASS),
+        ("web peer, TCP 81", syn(PEER_WEB, POD_A, 81), DROP),
+        ("web peer, UDP 80 is not TCP", udp(PEER_WEB, POD_A, 1, 80), DROP),
         (
             "web peer, SCTP 80 is not TCP",
-            PacketSpec::new(
-                ip(PEER_WEB),
-                ip(POD_A),
-                Transport::Sctp {
-                    sport: 1,
-                    dport: 80,
-                },
-            ),
+            PacketSpec::new(ip(PEER_WEB), ip(POD_A), Transport::Sctp { sport: 1, dport: 80 }),
             DROP,
         ),
-        ("internet, any UDP port", udp(INTERNET, POD_A, 5353), PASS),
-        ("internet, TCP not allowed", tcp(INTERNET, POD_A, 80), DROP),
-        (
-            "carved-out internet half",
-            udp(INTERNET_CARVED_OUT, POD_A, 53),
-            DROP,
-        ),
-        ("anyone, range start", tcp(ELSEWHERE, POD_A, 8000), PASS),
-        ("anyone, range end", tcp(ELSEWHERE, POD_A, 8003), PASS),
-        ("anyone, past the range", tcp(ELSEWHERE, POD_A, 8004), DROP),
-        (
-            "anyone, before the range",
-            tcp(ELSEWHERE, POD_A, 7999),
-            DROP,
-        ),
-        (
-            "unselected pod is untouched",
-            tcp(ELSEWHERE, POD_UNSELECTED, 9),
-            PASS,
-        ),
-        ("web peer over IPv6", tcp(PEER_WEB6, POD_A6, 80), PASS),
-        ("unknown peer over IPv6", tcp("fd00::99", POD_A6, 80), DROP),
+        ("internet, any UDP port", udp(INTERNET, POD_A, 1, 5353), PASS),
+        ("internet, TCP not allowed", syn(INTERNET, POD_A, 80), DROP),
+        ("carved-out internet half", udp(INTERNET_CARVED_OUT, POD_A, 1, 53), DROP),
+        ("anyone, range start", syn(ELSEWHERE, POD_A, 8000), PASS),
+        ("anyone, range end", syn(ELSEWHERE, POD_A, 8003), PASS),
+        ("anyone, past the range", syn(ELSEWHERE, POD_A, 8004), DROP),
+        ("anyone, before the range", syn(ELSEWHERE, POD_A, 7999), DROP),
+        ("unselected pod is untouched", syn(ELSEWHERE, POD_UNSELECTED, 9), PASS),
+        ("web peer over IPv6", syn(PEER_WEB6, POD_A6, 80), PASS),
+        ("unknown peer over IPv6", syn("fd00::99", POD_A6, 80), DROP),
     ];
     for (name, spec, expected) in cases {
-        assert_eq!(
-            run(&mut datapath, PROG_TO_POD, &spec.build()),
-            expected,
-            "{name}"
-        );
+        assert_eq!(harness.to_pod(&spec), expected, "{name}");
     }
-    let drops = datapath
-        .drops(DropReason::Policy, DIR_INGRESS)
-        .expect("counters");
-    assert_eq!(drops.packets, 8, "each denied packet is counted once");
+    assert_eq!(harness.drops(DropReason::Policy, DIR_INGRESS), 8, "each denial counted once");
+    let web = harness.datapath.rule_hits(RULE_WEB).expect("rule counters");
+    assert_eq!(web.packets, 2, "the web rule allowed two connections");
 }
 
 #[test]
@@ -199,57 +227,162 @@ fn egress_verdicts_use_the_destination_class() {
     if !require_root("egress_verdicts_use_the_destination_class") {
         return;
     }
-    let mut datapath = load_fixture(0);
-    let icmp = PacketSpec::new(
-        ip(POD_A),
-        ip(INTERNET),
-        Transport::Icmp { kind: 8, code: 0 },
-    );
+    let mut harness = Harness::new(0);
+    assert_eq!(harness.from_pod(&echo(POD_A, INTERNET, 8, 1)), PASS, "any protocol: ICMP too");
+    assert_eq!(harness.from_pod(&syn(POD_A, INTERNET, 443)), PASS);
+    assert_eq!(harness.from_pod(&syn(POD_A, ELSEWHERE, 443)), DROP);
+    assert_eq!(harness.from_pod(&udp(POD_A, INTERNET_CARVED_OUT, 1, 53)), DROP, "carve-out");
+    assert_eq!(harness.from_pod(&syn(POD_UNSELECTED, ELSEWHERE, 443)), PASS);
+    assert_eq!(harness.drops(DropReason::Policy, DIR_EGRESS), 2);
+}
+
+#[test]
+fn a_reply_passes_where_a_new_connection_the_other_way_is_denied() {
+    if !require_root("a_reply_passes_where_a_new_connection_the_other_way_is_denied") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    // web -> A:80 is allowed by A's ingress; A's egress allows only the internet.
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40000, 80, TCP_SYN)), PASS);
+    let syn_ack = tcp(POD_A, PEER_WEB, 80, 40000, TCP_SYN | TCP_ACK);
+    assert_eq!(harness.from_pod(&syn_ack), PASS, "the reply leaves A");
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40000, 80, TCP_ACK)), PASS);
     assert_eq!(
-        run(&mut datapath, PROG_FROM_POD, &icmp.build()),
-        PASS,
-        "any protocol: ICMP too"
-    );
-    assert_eq!(
-        run(
-            &mut datapath,
-            PROG_FROM_POD,
-            &tcp(POD_A, INTERNET, 443).build()
-        ),
-        PASS
-    );
-    assert_eq!(
-        run(
-            &mut datapath,
-            PROG_FROM_POD,
-            &tcp(POD_A, ELSEWHERE, 443).build()
-        ),
-        DROP
-    );
-    assert_eq!(
-        run(
-            &mut datapath,
-            PROG_FROM_POD,
-            &udp(POD_A, INTERNET_CARVED_OUT, 53).build()
-        ),
+        harness.from_pod(&tcp(POD_A, PEER_WEB, 40001, 80, TCP_SYN)),
         DROP,
-        "except carve-out"
+        "a new connection from A to web is not allowed"
     );
+    // And the other way round: A -> internet is allowed, the internet may not open TCP to A.
+    assert_eq!(harness.from_pod(&tcp(POD_A, INTERNET, 50000, 443, TCP_SYN)), PASS);
+    assert_eq!(harness.to_pod(&tcp(INTERNET, POD_A, 443, 50000, TCP_SYN | TCP_ACK)), PASS);
+    assert_eq!(harness.to_pod(&tcp(INTERNET, POD_A, 443, 50001, TCP_SYN)), DROP);
+}
+
+#[test]
+fn rst_and_fin_end_a_connection() {
+    if !require_root("rst_and_fin_end_a_connection") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    harness.config(Config { tcp_close_timeout_ms: 1, ..Config::default() });
+    let reply = tcp(POD_A, PEER_WEB, 80, 40000, TCP_ACK);
+
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(harness.from_pod(&reply), PASS);
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40000, 80, TCP_RST)), PASS, "RST itself");
+    sleep(Duration::from_millis(20));
+    assert_eq!(harness.from_pod(&reply), DROP, "nothing after RST and the close timeout");
+
+    let reply = tcp(POD_A, PEER_WEB, 80, 40002, TCP_ACK);
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40002, 80, TCP_SYN)), PASS);
+    assert_eq!(harness.from_pod(&reply), PASS);
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40002, 80, TCP_FIN | TCP_ACK)), PASS);
+    sleep(Duration::from_millis(20));
+    assert_eq!(harness.from_pod(&reply), PASS, "one FIN only half-closes");
+    let fin = tcp(POD_A, PEER_WEB, 80, 40002, TCP_FIN | TCP_ACK);
+    assert_eq!(harness.from_pod(&fin), PASS);
+    sleep(Duration::from_millis(20));
+    assert_eq!(harness.from_pod(&reply), DROP, "FIN both ways and the close timeout");
     assert_eq!(
-        run(
-            &mut datapath,
-            PROG_FROM_POD,
-            &tcp(POD_UNSELECTED, ELSEWHERE, 443).build()
-        ),
-        PASS
+        harness.to_pod(&tcp(PEER_WEB, POD_A, 40002, 80, TCP_SYN)),
+        PASS,
+        "the port can be reused for a new allowed connection"
     );
-    assert_eq!(
-        datapath
-            .drops(DropReason::Policy, DIR_EGRESS)
-            .expect("counters")
-            .packets,
-        2
-    );
+}
+
+#[test]
+fn expired_connections_no_longer_admit_replies() {
+    if !require_root("expired_connections_no_longer_admit_replies") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    harness.config(Config {
+        tcp_syn_timeout_ms: 5,
+        tcp_established_timeout_ms: 5,
+        udp_timeout_ms: 5,
+        ..Config::default()
+    });
+    assert_eq!(harness.to_pod(&tcp(PEER_WEB, POD_A, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(harness.from_pod(&tcp(POD_A, PEER_WEB, 80, 40000, TCP_SYN | TCP_ACK)), PASS);
+    assert_eq!(harness.from_pod(&udp(POD_A, INTERNET, 5000, 53)), PASS);
+    assert_eq!(harness.to_pod(&udp(INTERNET, POD_A, 53, 5000)), PASS);
+    sleep(Duration::from_millis(50));
+    assert_eq!(harness.from_pod(&tcp(POD_A, PEER_WEB, 80, 40000, TCP_ACK)), DROP);
+    // UDP from the internet is allowed to A anyway; its reply direction was the tracked one.
+    assert_eq!(harness.to_pod(&tcp(INTERNET, POD_A, 53, 5000, TCP_ACK)), DROP);
+}
+
+#[test]
+fn icmp_echo_is_tracked_and_errors_follow_their_connection() {
+    if !require_root("icmp_echo_is_tracked_and_errors_follow_their_connection") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    // A pings the internet (egress allows any protocol there); the reply comes back although
+    // A's ingress allows only UDP from the internet.
+    assert_eq!(harness.from_pod(&echo(POD_A, INTERNET, 8, 77)), PASS);
+    assert_eq!(harness.to_pod(&echo(INTERNET, POD_A, 0, 77)), PASS, "echo reply");
+    assert_eq!(harness.to_pod(&echo(INTERNET, POD_A, 0, 78)), DROP, "a reply to nothing");
+    assert_eq!(harness.to_pod(&echo(INTERNET, POD_A, 8, 79)), DROP, "a new ping");
+
+    // A talks TCP to the internet; an ICMP error about it (PMTU) must come back in.
+    let flow = tcp(POD_A, INTERNET, 50000, 443, TCP_SYN);
+    assert_eq!(harness.from_pod(&flow), PASS);
+    let frag_needed = PacketSpec::icmp_error(ip(INTERNET), ip(POD_A), 3, &flow);
+    assert_eq!(harness.to_pod(&frag_needed), PASS, "related error");
+    let unrelated = tcp(POD_A, INTERNET, 50001, 443, TCP_SYN);
+    let stray = PacketSpec::icmp_error(ip(INTERNET), ip(POD_A), 3, &unrelated);
+    assert_eq!(harness.to_pod(&stray), DROP, "an error about no tracked connection");
+
+    // IPv6 neighbour discovery always passes.
+    let solicitation = echo("fe80::1", POD_A6, 135, 0);
+    assert_eq!(harness.to_pod(&solicitation), PASS);
+    assert_eq!(harness.to_pod(&echo("fd00::99", POD_A6, 128, 1)), DROP, "ICMPv6 echo is policy");
+}
+
+#[test]
+fn egress_to_a_service_is_decided_on_the_backend() {
+    if !require_root("egress_to_a_service_is_decided_on_the_backend") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    // Before DNAT the Service address cannot be judged: it passes the pod's veth.
+    assert_eq!(harness.from_pod(&tcp(POD_A, SERVICE_VIP, 40000, 80, TCP_SYN)), PASS);
+    // After DNAT, on the uplink: a backend in the internet is allowed, a web backend is not.
+    assert_eq!(harness.to_uplink(&tcp(POD_A, INTERNET, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(harness.to_uplink(&tcp(POD_A, PEER_WEB, 40001, 80, TCP_SYN)), DROP);
+    // The reply, un-DNATed back to the Service address, reaches A though nothing in A's
+    // ingress allows that address.
+    let reply = tcp(SERVICE_VIP, POD_A, 80, 40000, TCP_SYN | TCP_ACK);
+    assert_eq!(harness.to_pod(&reply), PASS);
+    // A non-Service destination is decided at once on the pod's veth.
+    assert_eq!(harness.from_pod(&tcp(POD_A, PEER_WEB, 40002, 80, TCP_SYN)), DROP);
+    // Traffic of a pod we do not enforce for leaves untouched.
+    assert_eq!(harness.to_uplink(&tcp(POD_UNSELECTED, PEER_WEB, 1, 80, TCP_SYN)), PASS);
+}
+
+#[test]
+fn a_local_clients_egress_is_checked_at_the_local_backend() {
+    if !require_root("a_local_clients_egress_is_checked_at_the_local_backend") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    // B -> Service, DNATed to A:80. A's ingress allows B (web class); B's egress does not
+    // allow A: the packet must not reach A.
+    assert_eq!(harness.from_pod(&tcp(POD_B, SERVICE_VIP, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(harness.to_pod(&tcp(POD_B, POD_A, 40000, 80, TCP_SYN)), DROP);
+    assert_eq!(harness.drops(DropReason::Policy, DIR_EGRESS), 1, "counted as B's egress");
+}
+
+#[test]
+fn traffic_from_the_node_itself_is_allowed_by_origin() {
+    if !require_root("traffic_from_the_node_itself_is_allowed_by_origin") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    let probe = syn(ELSEWHERE, POD_A, 8080).build();
+    assert_eq!(harness.run(PROG_TO_POD, &probe, Origin::Node), PASS, "kubelet probe");
+    assert_eq!(harness.run(PROG_TO_POD, &probe, Origin::Forwarded), DROP, "same bytes, routed");
 }
 
 #[test]
@@ -257,57 +390,48 @@ fn non_ip_frames_pass_and_malformed_ones_of_isolated_pods_drop() {
     if !require_root("non_ip_frames_pass_and_malformed_ones_of_isolated_pods_drop") {
         return;
     }
-    let mut datapath = load_fixture(0);
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &arp_request()), PASS);
+    let mut harness = Harness::new(0);
+    assert_eq!(harness.run(PROG_TO_POD, &arp_request(), Origin::Forwarded), PASS);
 
     // An IPv4 header with no room for the TCP ports.
-    let mut truncated = tcp(PEER_WEB, POD_A, 80).build();
+    let mut truncated = syn(PEER_WEB, POD_A, 80).build();
     truncated.truncate(14 + 20);
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &truncated), DROP);
+    assert_eq!(harness.run(PROG_TO_POD, &truncated, Origin::Forwarded), DROP);
     // The same truncation towards a pod we do not enforce for is left alone.
-    let mut truncated = tcp(PEER_WEB, POD_UNSELECTED, 80).build();
+    let mut truncated = syn(PEER_WEB, POD_UNSELECTED, 80).build();
     truncated.truncate(14 + 20);
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &truncated), PASS);
-    assert_eq!(
-        datapath
-            .drops(DropReason::Malformed, DIR_INGRESS)
-            .expect("counters")
-            .packets,
-        1
-    );
+    assert_eq!(harness.run(PROG_TO_POD, &truncated, Origin::Forwarded), PASS);
+    assert_eq!(harness.drops(DropReason::Malformed, DIR_INGRESS), 1);
 }
 
 #[test]
-fn later_fragments_never_bypass_a_port_rule() {
-    if !require_root("later_fragments_never_bypass_a_port_rule") {
+fn later_fragments_pass_only_after_their_first_fragment() {
+    if !require_root("later_fragments_pass_only_after_their_first_fragment") {
         return;
     }
-    let mut datapath = load_fixture(0);
-    let mut first = tcp(PEER_WEB, POD_A, 80);
-    first.fragment = Some(Fragment {
-        offset: 0,
-        more: true,
-    });
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &first.build()), PASS);
-    let mut later = tcp(PEER_WEB, POD_A, 80);
-    later.fragment = Some(Fragment {
-        offset: 8,
-        more: false,
-    });
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &later.build()), DROP);
-    let mut later6 = tcp(PEER_WEB6, POD_A6, 80);
-    later6.fragment = Some(Fragment {
-        offset: 8,
-        more: false,
-    });
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &later6.build()), DROP);
-    assert_eq!(
-        datapath
-            .drops(DropReason::Fragment, DIR_INGRESS)
-            .expect("counters")
-            .packets,
-        2
-    );
+    let mut harness = Harness::new(0);
+    for (src, dst) in [(PEER_WEB, POD_A), (PEER_WEB6, POD_A6)] {
+        let mut first = syn(src, dst, 80);
+        first.id = 1000;
+        first.fragment = Some(Fragment { offset: 0, more: true });
+        let mut later = first.clone();
+        later.fragment = Some(Fragment { offset: 8, more: false });
+        let mut orphan = later.clone();
+        orphan.id = 1001;
+        assert_eq!(harness.to_pod(&orphan), DROP, "no first fragment seen");
+        assert_eq!(harness.to_pod(&first), PASS);
+        assert_eq!(harness.to_pod(&later), PASS, "its first fragment passed");
+
+        // A first fragment that policy refuses takes its later fragments with it.
+        let mut denied_first = syn(src, dst, 22);
+        denied_first.id = 2000;
+        denied_first.fragment = Some(Fragment { offset: 0, more: true });
+        let mut denied_later = denied_first.clone();
+        denied_later.fragment = Some(Fragment { offset: 8, more: false });
+        assert_eq!(harness.to_pod(&denied_first), DROP);
+        assert_eq!(harness.to_pod(&denied_later), DROP);
+    }
+    assert_eq!(harness.drops(DropReason::Fragment, DIR_INGRESS), 4);
 }
 
 #[test]
@@ -315,29 +439,14 @@ fn ipv6_extension_headers_are_skipped_up_to_four() {
     if !require_root("ipv6_extension_headers_are_skipped_up_to_four") {
         return;
     }
-    let mut datapath = load_fixture(0);
-    let mut spec = tcp(PEER_WEB6, POD_A6, 80);
-    spec.ipv6_ext = vec![
-        Ipv6Ext::HopByHop,
-        Ipv6Ext::DestinationOptions,
-        Ipv6Ext::Routing,
-    ];
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &spec.build()), PASS);
-    spec.fragment = Some(Fragment {
-        offset: 0,
-        more: true,
-    });
-    assert_eq!(
-        run(&mut datapath, PROG_TO_POD, &spec.build()),
-        PASS,
-        "four, the last a fragment"
-    );
+    let mut harness = Harness::new(0);
+    let mut spec = syn(PEER_WEB6, POD_A6, 80);
+    spec.ipv6_ext = vec![Ipv6Ext::HopByHop, Ipv6Ext::DestinationOptions, Ipv6Ext::Routing];
+    assert_eq!(harness.to_pod(&spec), PASS);
+    spec.fragment = Some(Fragment { offset: 0, more: true });
+    assert_eq!(harness.to_pod(&spec), PASS, "four, the last a fragment header");
     spec.ipv6_ext.push(Ipv6Ext::DestinationOptions);
-    assert_eq!(
-        run(&mut datapath, PROG_TO_POD, &spec.build()),
-        DROP,
-        "five is too many"
-    );
+    assert_eq!(harness.to_pod(&spec), DROP, "five is too many");
 }
 
 #[test]
@@ -345,22 +454,9 @@ fn audit_mode_counts_but_passes() {
     if !require_root("audit_mode_counts_but_passes") {
         return;
     }
-    let mut datapath = load_fixture(FLAG_AUDIT);
-    assert_eq!(
-        run(
-            &mut datapath,
-            PROG_TO_POD,
-            &tcp(ELSEWHERE, POD_A, 22).build()
-        ),
-        PASS
-    );
-    assert_eq!(
-        datapath
-            .drops(DropReason::Policy, DIR_INGRESS)
-            .expect("counters")
-            .packets,
-        1
-    );
+    let mut harness = Harness::new(FLAG_AUDIT);
+    assert_eq!(harness.to_pod(&syn(ELSEWHERE, POD_A, 22)), PASS);
+    assert_eq!(harness.drops(DropReason::Policy, DIR_INGRESS), 1);
 }
 
 #[test]
@@ -368,17 +464,13 @@ fn the_switch_turns_enforcement_off_and_on() {
     if !require_root("the_switch_turns_enforcement_off_and_on") {
         return;
     }
-    let mut datapath = load_fixture(0);
-    let denied = tcp(ELSEWHERE, POD_A, 22).build();
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &denied), DROP);
-    datapath
-        .set_config(Config {
-            flags: CONFIG_ENFORCEMENT_OFF,
-        })
-        .expect("config");
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &denied), PASS);
-    datapath.set_config(Config { flags: 0 }).expect("config");
-    assert_eq!(run(&mut datapath, PROG_TO_POD, &denied), DROP);
+    let mut harness = Harness::new(0);
+    let denied = syn(ELSEWHERE, POD_A, 22);
+    assert_eq!(harness.to_pod(&denied), DROP);
+    harness.config(Config { flags: CONFIG_ENFORCEMENT_OFF, ..Config::default() });
+    assert_eq!(harness.to_pod(&denied), PASS);
+    harness.config(Config::default());
+    assert_eq!(harness.to_pod(&denied), DROP);
 }
 
 #[test]
@@ -386,7 +478,7 @@ fn a_pod_interface_cannot_claim_another_pods_address() {
     if !require_root("a_pod_interface_cannot_claim_another_pods_address") {
         return;
     }
-    let mut datapath = load_fixture(0);
+    let mut harness = Harness::new(0);
     // Test runs deliver on the loopback device (ifindex 1).
     let mut endpoint = Endpoint {
         id: 1,
@@ -395,21 +487,11 @@ fn a_pod_interface_cannot_claim_another_pods_address() {
         ingress_set: 0,
         egress_set: SET_A_EGRESS,
     };
-    datapath
-        .insert_endpoint(addr(POD_A), endpoint)
-        .expect("endpoint");
-    let allowed = tcp(POD_A, INTERNET, 443).build();
-    assert_eq!(run(&mut datapath, PROG_FROM_POD, &allowed), PASS);
+    harness.datapath.insert_endpoint(addr(POD_A), endpoint).expect("endpoint");
+    let allowed = syn(POD_A, INTERNET, 443);
+    assert_eq!(harness.from_pod(&allowed), PASS);
     endpoint.ifindex = 99;
-    datapath
-        .insert_endpoint(addr(POD_A), endpoint)
-        .expect("endpoint");
-    assert_eq!(run(&mut datapath, PROG_FROM_POD, &allowed), DROP);
-    assert_eq!(
-        datapath
-            .drops(DropReason::Spoofed, DIR_EGRESS)
-            .expect("counters")
-            .packets,
-        1
-    );
+    harness.datapath.insert_endpoint(addr(POD_A), endpoint).expect("endpoint");
+    assert_eq!(harness.from_pod(&allowed), DROP);
+    assert_eq!(harness.drops(DropReason::Spoofed, DIR_EGRESS), 1);
 }

@@ -11,10 +11,14 @@
 
 pub mod addr;
 pub mod config;
+pub mod conntrack;
 pub mod endpoint;
+pub mod events;
+pub mod fragments;
 pub mod ipcache;
 pub mod metrics;
 pub mod policy;
+pub mod services;
 
 /// Where every map of the agent is pinned (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/netpol";

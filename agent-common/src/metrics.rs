@@ -18,13 +18,21 @@ pub enum DropReason {
     Spoofed = 3,
     /// A non-first fragment with no flow to attribute it to.
     Fragment = 4,
+    /// The config map could not be read (never expected: the array always has its element).
+    NoConfig = 5,
 }
 
 impl DropReason {
     /// One past the largest reason code: the number of rows per direction.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// Every reason, in code order.
-    pub const ALL: [Self; 4] = [Self::Policy, Self::Malformed, Self::Spoofed, Self::Fragment];
+    pub const ALL: [Self; 5] = [
+        Self::Policy,
+        Self::Malformed,
+        Self::Spoofed,
+        Self::Fragment,
+        Self::NoConfig,
+    ];
 
     /// Index of the (reason, direction) counter in `NP_DROPS`.
     #[inline(always)]
@@ -39,6 +47,7 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::Spoofed => "spoofed",
             Self::Fragment => "fragment",
+            Self::NoConfig => "no_config",
         }
     }
 }
@@ -57,3 +66,8 @@ const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
 #[cfg(feature = "user")]
 crate::impl_pod!(Counter);
+
+/// `NP_RULE_HITS`: per-CPU packets and bytes allowed per rule id (index), for the rule
+/// counters of `/metrics`. Packets of tracked connections are credited to the rule that
+/// allowed the connection.
+pub const RULE_HITS_MAP_NAME: &str = "NP_RULE_HITS";

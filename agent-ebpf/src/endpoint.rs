@@ -4,10 +4,11 @@ use agent_common::{addr::Addr, endpoint::Endpoint};
 
 use crate::maps::NP_ENDPOINTS;
 
-/// The local pod that owns `addr`, if any.
+/// The local pod that owns `addr`, if any. A reference into the map rather than a copy: the
+/// stack is 512 bytes.
 #[inline(always)]
-pub fn lookup_endpoint(addr: &Addr) -> Option<Endpoint> {
-    // SAFETY: the value is plain data copied out at once; userspace may replace it concurrently,
-    // which the kernel handles for hash maps (readers see the old or the new element).
-    unsafe { NP_ENDPOINTS.get(addr).copied() }
+pub fn lookup_endpoint(addr: &Addr) -> Option<&'static Endpoint> {
+    // SAFETY: hash map values stay valid for the program run (RCU); userspace replaces whole
+    // elements, so a reader sees the old or the new one.
+    unsafe { NP_ENDPOINTS.get(addr) }
 }

@@ -1,48 +1,149 @@
 //! tc programs of the NetworkPolicy dataplane.
 //!
 //! Entry points only; the logic lives in one module per concern. Each entry point turns the
-//! `Result` of its `try_*` function into a tc verdict at one exit: an error is a counted drop.
+//! `Verdict` of its `try_*` function into a tc action at one exit (`verdict::finish`): a drop
+//! is counted there.
 //!
 //! Attach points (direct-action mode):
-//! - `netpol_from_pod`: tc ingress of a pod's host-side veth, i.e. traffic the pod sends
-//!   (its egress).
-//! - `netpol_to_pod`: tc egress of a pod's host-side veth, i.e. traffic delivered to the pod
-//!   (its ingress).
+//! - `netpol_from_pod`: tc ingress of a pod's host-side veth: traffic the pod sends.
+//! - `netpol_to_pod`: tc egress of a pod's host-side veth: traffic delivered to the pod.
+//! - `netpol_to_uplink`: tc egress of the node's uplinks: pod traffic leaving the node, after
+//!   kube-proxy's DNAT, so egress to a Service is judged on its backend.
 //!
 //! Allowed packets return `TC_ACT_UNSPEC`, so other filters on the device (Terway's) still run.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
 mod endpoint;
+#[cfg(target_arch = "bpf")]
+mod fragments;
 #[cfg(target_arch = "bpf")]
 mod ipcache;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod metrics;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
+#[cfg(target_arch = "bpf")]
+mod services;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use agent_common::policy::{DIR_EGRESS, DIR_INGRESS};
+    use agent_common::{
+        config::CONFIG_ENFORCEMENT_OFF,
+        metrics::DropReason,
+        policy::{DIR_EGRESS, DIR_INGRESS},
+    };
     use aya_ebpf::{macros::classifier, programs::TcContext};
 
-    use crate::verdict::{enforce, finish};
+    use crate::{
+        endpoint::lookup_endpoint,
+        parse::parse,
+        verdict::{Hook, Verdict, decide, finish, load_config},
+    };
 
-    /// tc ingress of a pod's host-side veth: the pod's egress.
+    /// tc ingress of a pod's host-side veth: the pod's egress, before DNAT.
     #[classifier]
     pub fn netpol_from_pod(ctx: TcContext) -> i32 {
-        finish(&ctx, DIR_EGRESS, enforce(&ctx, DIR_EGRESS))
+        finish(&ctx, try_from_pod(&ctx))
     }
 
-    /// tc egress of a pod's host-side veth: the pod's ingress.
+    /// tc egress of a pod's host-side veth: the pod's ingress, and a local client's egress
+    /// after DNAT.
     #[classifier]
     pub fn netpol_to_pod(ctx: TcContext) -> i32 {
-        finish(&ctx, DIR_INGRESS, enforce(&ctx, DIR_INGRESS))
+        finish(&ctx, try_to_pod(&ctx))
+    }
+
+    /// tc egress of an uplink: a local pod's egress after DNAT.
+    #[classifier]
+    pub fn netpol_to_uplink(ctx: TcContext) -> i32 {
+        finish(&ctx, try_to_uplink(&ctx))
+    }
+
+    #[inline(always)]
+    fn try_from_pod(ctx: &TcContext) -> Verdict {
+        let Some(config) = load_config() else {
+            return Verdict::drop(DropReason::NoConfig, DIR_EGRESS, false);
+        };
+        if config.flags & CONFIG_ENFORCEMENT_OFF != 0 {
+            return Verdict::PASS;
+        }
+        let packet = match parse(ctx) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Verdict::PASS,
+            Err(reason) => return Verdict::drop(reason, DIR_EGRESS, false),
+        };
+        let Some(src) = lookup_endpoint(&packet.src) else {
+            return Verdict::PASS;
+        };
+        if src.ifindex != 0 && src.ifindex != ifindex(ctx) {
+            return Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false);
+        }
+        decide(ctx, config, &packet, Some(src), None, Hook::FromPod)
+    }
+
+    #[inline(always)]
+    fn try_to_pod(ctx: &TcContext) -> Verdict {
+        let Some(config) = load_config() else {
+            return Verdict::drop(DropReason::NoConfig, DIR_INGRESS, false);
+        };
+        if config.flags & CONFIG_ENFORCEMENT_OFF != 0 || node_originated(ctx) {
+            return Verdict::PASS;
+        }
+        let packet = match parse(ctx) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Verdict::PASS,
+            Err(reason) => return Verdict::drop(reason, DIR_INGRESS, false),
+        };
+        let Some(dst) = lookup_endpoint(&packet.dst) else {
+            return Verdict::PASS;
+        };
+        let src = lookup_endpoint(&packet.src);
+        decide(ctx, config, &packet, src, Some(dst), Hook::ToPod)
+    }
+
+    #[inline(always)]
+    fn try_to_uplink(ctx: &TcContext) -> Verdict {
+        let Some(config) = load_config() else {
+            return Verdict::drop(DropReason::NoConfig, DIR_EGRESS, false);
+        };
+        if config.flags & CONFIG_ENFORCEMENT_OFF != 0 {
+            return Verdict::PASS;
+        }
+        let packet = match parse(ctx) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Verdict::PASS,
+            Err(reason) => return Verdict::drop(reason, DIR_EGRESS, false),
+        };
+        let Some(src) = lookup_endpoint(&packet.src) else {
+            return Verdict::PASS;
+        };
+        decide(ctx, config, &packet, Some(src), None, Hook::ToUplink)
+    }
+
+    /// The interface the packet is on.
+    #[inline(always)]
+    fn ifindex(ctx: &TcContext) -> u32 {
+        // SAFETY: `skb` is the context the kernel passed in; the verifier checks the access.
+        unsafe { (*ctx.skb.skb).ifindex }
+    }
+
+    /// Sent by the node itself (kubelet probes, host processes): allowed by origin, whatever
+    /// its source address. Forwarded packets, NodePort traffic SNATed to a node address
+    /// included, carry the interface they arrived on.
+    #[inline(always)]
+    fn node_originated(ctx: &TcContext) -> bool {
+        // SAFETY: as in `ifindex`.
+        unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
     }
 }
 

@@ -1,19 +1,21 @@
 //! Packet parsing: the only code that reads packet bytes.
 //!
-//! Reads go through `bpf_skb_load_bytes` (`TcContext::load`), which bounds-checks at run time,
-//! so no packet pointer has to be revalidated. Every loop is unrolled by hand (4.19 has no
-//! bounded loops).
+//! Reads go through `bpf_skb_load_bytes` (`TcContext::load`) with fixed sizes: it bounds-checks
+//! at run time, so no packet pointer has to be revalidated, and needs no zeroed buffer (which
+//! would pull in a `memset` loop). Every loop is unrolled by hand (4.19 has no bounded loops).
 
-use agent_common::{addr::Addr, metrics::DropReason};
-use aya_ebpf::programs::TcContext;
+use agent_common::{addr::Addr, conntrack::CtKey, metrics::DropReason};
+use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
 
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -21,7 +23,7 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 
-/// The fields of an IP packet that policy looks at.
+/// The network-layer fields of an IP packet.
 pub struct Packet {
     pub src: Addr,
     pub dst: Addr,
@@ -29,13 +31,22 @@ pub struct Packet {
     pub protocol: u8,
     /// Offset of the transport header in the frame.
     pub l4_offset: usize,
-    /// A fragment other than the first: it carries no transport header.
-    pub later_fragment: bool,
+    pub fragment: Fragment,
+}
+
+/// Where the packet stands in a fragmented datagram.
+pub struct Fragment {
+    /// Not the first fragment: no transport header.
+    pub later: bool,
+    /// The first fragment of several: later ones will follow.
+    pub first_of_many: bool,
+    /// The datagram's identification (0 when not fragmented).
+    pub id: u32,
 }
 
 /// Parses an Ethernet frame up to the transport header. `Ok(None)` for anything that is not IPv4
 /// or IPv6 (ARP, LLDP...), which policy does not cover. Transport fields are read later, only
-/// for packets of isolated endpoints ([`load_dport`]), so a short packet of a pod we do not
+/// for packets of isolated endpoints ([`load_transport`]), so a short packet of a pod we do not
 /// enforce for is never dropped for its transport header.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
@@ -49,58 +60,73 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
-    let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || header_len < 20 {
+    let header: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < 20 {
         return Err(DropReason::Malformed);
     }
-    let frag: [u8; 2] = ctx.load(ETH_HLEN + 6).map_err(|_| DropReason::Malformed)?;
-    let later_fragment = u16::from_be_bytes(frag) & 0x1fff != 0;
-    let protocol: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| DropReason::Malformed)?;
-    let src: [u8; 4] = ctx.load(ETH_HLEN + 12).map_err(|_| DropReason::Malformed)?;
-    let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).map_err(|_| DropReason::Malformed)?;
+    let frag = u16::from_be_bytes([header[6], header[7]]);
+    let offset = frag & 0x1fff;
+    let more = frag & 0x2000 != 0;
     Ok(Packet {
-        src: Addr::v4(src),
-        dst: Addr::v4(dst),
-        protocol,
+        src: Addr::v4([header[12], header[13], header[14], header[15]]),
+        dst: Addr::v4([header[16], header[17], header[18], header[19]]),
+        protocol: header[9],
         l4_offset: ETH_HLEN + header_len,
-        later_fragment,
+        fragment: Fragment {
+            later: offset != 0,
+            first_of_many: offset == 0 && more,
+            id: u32::from(u16::from_be_bytes([header[4], header[5]])),
+        },
     })
+}
+
+/// Reads `size_of::<T>()` bytes at `offset` straight into `dst` (no temporary on the
+/// 512-byte stack).
+#[inline(always)]
+fn load_into<T>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(), DropReason> {
+    // SAFETY: `dst` is a valid, exclusively borrowed `T` of plain bytes (addresses), and the
+    // helper writes exactly `size_of::<T>()` bytes or fails.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            core::ptr::from_mut(dst).cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(DropReason::Malformed)
+    }
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
-    // Fixed-size loads: `load_bytes` into a zeroed buffer would pull in a `memset` loop and
-    // a length the 4.19 verifier cannot bound.
-    let src: [u8; 16] = ctx.load(ETH_HLEN + 8).map_err(|_| DropReason::Malformed)?;
-    let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).map_err(|_| DropReason::Malformed)?;
     let next: u8 = ctx.load(ETH_HLEN + 6).map_err(|_| DropReason::Malformed)?;
-    let mut l4 = L4 {
+    let mut packet = Packet {
+        src: Addr::v6([0; 16]),
+        dst: Addr::v6([0; 16]),
         protocol: next,
-        offset: ETH_HLEN + 40,
-        later_fragment: false,
+        l4_offset: ETH_HLEN + 40,
+        fragment: Fragment {
+            later: false,
+            first_of_many: false,
+            id: 0,
+        },
     };
+    load_into(ctx, ETH_HLEN + 8, &mut packet.src.bytes)?;
+    load_into(ctx, ETH_HLEN + 24, &mut packet.dst.bytes)?;
     // At most four extension headers, unrolled; a packet with more is malformed for us.
-    skip_ipv6_ext(ctx, &mut l4)?;
-    skip_ipv6_ext(ctx, &mut l4)?;
-    skip_ipv6_ext(ctx, &mut l4)?;
-    skip_ipv6_ext(ctx, &mut l4)?;
-    if is_ipv6_ext(l4.protocol) {
+    skip_ipv6_ext(ctx, &mut packet)?;
+    skip_ipv6_ext(ctx, &mut packet)?;
+    skip_ipv6_ext(ctx, &mut packet)?;
+    skip_ipv6_ext(ctx, &mut packet)?;
+    if is_ipv6_ext(packet.protocol) && !packet.fragment.later {
         return Err(DropReason::Malformed);
     }
-    Ok(Packet {
-        src: Addr::v6(src),
-        dst: Addr::v6(dst),
-        protocol: l4.protocol,
-        l4_offset: l4.offset,
-        later_fragment: l4.later_fragment,
-    })
-}
-
-struct L4 {
-    protocol: u8,
-    offset: usize,
-    later_fragment: bool,
+    Ok(packet)
 }
 
 #[inline(always)]
@@ -111,38 +137,163 @@ fn is_ipv6_ext(protocol: u8) -> bool {
     )
 }
 
-/// Steps over one extension header if `l4` points at one.
+/// Steps over one extension header if the packet points at one. After a later fragment's
+/// header nothing more can be read.
 #[inline(always)]
-fn skip_ipv6_ext(ctx: &TcContext, l4: &mut L4) -> Result<(), DropReason> {
-    if !is_ipv6_ext(l4.protocol) || l4.later_fragment {
+fn skip_ipv6_ext(ctx: &TcContext, packet: &mut Packet) -> Result<(), DropReason> {
+    if !is_ipv6_ext(packet.protocol) || packet.fragment.later {
         return Ok(());
     }
-    let header: [u8; 4] = ctx.load(l4.offset).map_err(|_| DropReason::Malformed)?;
-    let len = match l4.protocol {
+    let header: [u8; 8] = ctx
+        .load(packet.l4_offset)
+        .map_err(|_| DropReason::Malformed)?;
+    let len = match packet.protocol {
         IPV6_FRAGMENT => {
-            // Fragment offset is the top 13 bits of bytes 2..4.
-            let offset = u16::from_be_bytes([header[2], header[3]]) >> 3;
-            l4.later_fragment = offset != 0;
+            let field = u16::from_be_bytes([header[2], header[3]]);
+            let offset = field >> 3;
+            packet.fragment = Fragment {
+                later: offset != 0,
+                first_of_many: offset == 0 && field & 1 != 0,
+                id: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+            };
             8
         }
         IPV6_AH => (usize::from(header[1]) + 2) * 4,
         _ => (usize::from(header[1]) + 1) * 8,
     };
-    l4.protocol = header[0];
-    l4.offset += len;
+    packet.protocol = header[0];
+    packet.l4_offset += len;
     Ok(())
 }
 
-/// The destination port of TCP, UDP and SCTP; 0 for protocols without ports. Not for later
-/// fragments, which carry no transport header.
+/// What the transport header says, as far as policy and connection tracking care.
+pub struct Transport {
+    /// Ports of the connection-tracking key: the ports of TCP, UDP and SCTP, the identifier
+    /// (twice, so the reply's swapped key matches) for ICMP echo, 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+    /// The port policy matches: the destination port of TCP, UDP and SCTP, 0 otherwise.
+    pub policy_port: u16,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    pub icmp: Icmp,
+}
+
+/// ICMP messages with a meaning of their own.
+#[derive(PartialEq, Eq)]
+pub enum Icmp {
+    /// Not ICMP, or an ICMP message without special treatment (echo included).
+    None,
+    /// An error about another packet: it belongs to that packet's connection.
+    Error,
+    /// IPv6 neighbour discovery (router/neighbour solicitation and advertisement, redirect):
+    /// the link cannot work without it.
+    NeighbourDiscovery,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Reads the transport header of a packet that is not a later fragment.
 #[inline(always)]
-pub fn load_dport(ctx: &TcContext, packet: &Packet) -> Result<u16, DropReason> {
-    let (protocol, l4_offset) = (packet.protocol, packet.l4_offset);
-    match protocol {
+pub fn load_transport(ctx: &TcContext, packet: &Packet) -> Result<Transport, DropReason> {
+    let offset = packet.l4_offset;
+    let mut transport = Transport {
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        tcp_flags: 0,
+        icmp: Icmp::None,
+    };
+    match packet.protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let port: [u8; 2] = ctx.load(l4_offset + 2).map_err(|_| DropReason::Malformed)?;
-            Ok(u16::from_be_bytes(port))
+            let ports: [u8; 4] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
+            transport.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            transport.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            transport.policy_port = transport.dport;
+            if packet.protocol == IPPROTO_TCP {
+                transport.tcp_flags = ctx.load(offset + 13).map_err(|_| DropReason::Malformed)?;
+            }
         }
-        _ => Ok(0),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let header: [u8; 8] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
+            let v6 = packet.protocol == IPPROTO_ICMPV6;
+            match (v6, header[0]) {
+                // Echo request and reply: tracked like a connection keyed by the identifier.
+                (false, 0 | 8) | (true, 128 | 129) => {
+                    let id = u16::from_be_bytes([header[4], header[5]]);
+                    transport.sport = id;
+                    transport.dport = id;
+                }
+                // Destination unreachable, time exceeded, parameter problem (and IPv6's
+                // packet too big).
+                (false, 3 | 11 | 12) | (true, 1..=4) => transport.icmp = Icmp::Error,
+                (true, 133..=137) => transport.icmp = Icmp::NeighbourDiscovery,
+                _ => {}
+            }
+        }
+        _ => {}
     }
+    Ok(transport)
+}
+
+/// The connection an ICMP error is about: the packet quoted after the ICMP header, as it was
+/// sent. `Err` when the quote is too short to tell.
+#[inline(always)]
+pub fn load_icmp_error_subject(ctx: &TcContext, packet: &Packet) -> Result<CtKey, DropReason> {
+    let inner = packet.l4_offset + 8;
+    let (src, dst, protocol, inner_l4) = if packet.protocol == IPPROTO_ICMP {
+        let header: [u8; 20] = ctx.load(inner).map_err(|_| DropReason::Malformed)?;
+        let header_len = usize::from(header[0] & 0x0f) * 4;
+        if header_len < 20 {
+            return Err(DropReason::Malformed);
+        }
+        (
+            Addr::v4([header[12], header[13], header[14], header[15]]),
+            Addr::v4([header[16], header[17], header[18], header[19]]),
+            header[9],
+            inner + header_len,
+        )
+    } else {
+        // The quoted IPv6 packet's extension headers are not followed: an error about a packet
+        // that had some is judged as a plain ICMPv6 packet.
+        let next: u8 = ctx.load(inner + 6).map_err(|_| DropReason::Malformed)?;
+        let src: [u8; 16] = ctx.load(inner + 8).map_err(|_| DropReason::Malformed)?;
+        let dst: [u8; 16] = ctx.load(inner + 24).map_err(|_| DropReason::Malformed)?;
+        (Addr::v6(src), Addr::v6(dst), next, inner + 40)
+    };
+    let quoted: [u8; 8] = ctx.load(inner_l4).map_err(|_| DropReason::Malformed)?;
+    let (sport, dport) = match protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (
+            u16::from_be_bytes([quoted[0], quoted[1]]),
+            u16::from_be_bytes([quoted[2], quoted[3]]),
+        ),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let id = u16::from_be_bytes([quoted[4], quoted[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Ok(CtKey {
+        src,
+        dst,
+        protocol,
+        _pad: 0,
+        sport,
+        dport,
+    })
+}
+
+/// Whether `protocol` is TCP.
+#[inline(always)]
+pub fn is_tcp(protocol: u8) -> bool {
+    protocol == IPPROTO_TCP
+}
+
+/// Whether `protocol` has ports (TCP, UDP, SCTP).
+#[inline(always)]
+pub fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
 }

@@ -1,7 +1,24 @@
 //! The decision for one packet, and the single exit that turns it into a tc verdict.
+//!
+//! Precedence, for a packet between a source and a destination endpoint (either may be absent
+//! when it is not a local pod we enforce for):
+//! 1. neither endpoint is isolated in any direction: pass, untracked;
+//! 2. a later fragment passes only if its datagram's first fragment passed;
+//! 3. IPv6 neighbour discovery passes;
+//! 4. an ICMP error about a tracked connection passes;
+//! 5. a reply of a tracked connection passes (both directions);
+//! 6. every side this hook is responsible for (the source's egress, the destination's ingress)
+//!    must be allowed by a policy entry, or already have been at this hook for the
+//!    connection; Service destinations defer the egress side to the hooks after DNAT;
+//! 7. the connection is then tracked, so its replies pass.
 
 use agent_common::{
-    config::CONFIG_ENFORCEMENT_OFF, endpoint::FLAG_AUDIT, metrics::DropReason, policy::DIR_EGRESS,
+    config::{CONFIG_EVENTS, Config},
+    conntrack::{CT_CLOSING, CT_EGRESS_ALLOWED, CT_EGRESS_DEFERRED, CT_INGRESS_ALLOWED, CtKey},
+    endpoint::{Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
+    events::{EVENT_AUDIT, PolicyEvent},
+    metrics::DropReason,
+    policy::{DIR_EGRESS, DIR_INGRESS},
 };
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -9,104 +26,277 @@ use aya_ebpf::{
 };
 
 use crate::{
-    endpoint::lookup_endpoint,
+    conntrack::{create, is_new_tcp_connection, lookup_live, now_ns, refresh},
+    fragments::{first_passed, record_first},
     ipcache::class_of,
-    maps::{NP_CONFIG, NP_DROPS},
-    parse::{load_dport, parse},
-    policy::lookup_allow,
+    maps::NP_CONFIG,
+    metrics::{count_drop, count_rule, send_event},
+    parse::{Icmp, Packet, Transport, load_icmp_error_subject, load_transport},
+    policy::{NO_RULE, lookup_allow},
+    services::is_service,
 };
 
-/// A packet policy does not allow.
-pub struct Drop {
-    pub reason: DropReason,
-    /// The endpoint is in audit mode: count and report, but let the packet through.
-    pub audit: bool,
-}
+/// The outcome of a decision: pass, or a drop with its reason, the endpoint direction it is
+/// counted in and whether the endpoint is in audit mode (count and report, but pass).
+///
+/// One defined word on every path: with a `Result<(), Drop>`, LLVM may leave the payload
+/// register of the `Ok` path holding a stale pointer and shift it while packing, which the
+/// verifier rejects ("pointer arithmetic with <<= operator prohibited").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Verdict(u32);
 
-impl From<DropReason> for Drop {
+impl Verdict {
+    pub const PASS: Self = Self(0);
+
     #[inline(always)]
-    fn from(reason: DropReason) -> Self {
-        Self {
-            reason,
-            audit: false,
-        }
+    pub fn drop(reason: DropReason, direction: u8, audit: bool) -> Self {
+        Self(reason as u32 | u32::from(direction) << 8 | u32::from(audit) << 16)
+    }
+
+    #[inline(always)]
+    fn reason_code(self) -> u32 {
+        self.0 & 0xff
+    }
+
+    #[inline(always)]
+    fn direction(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+
+    #[inline(always)]
+    fn audit(self) -> bool {
+        self.0 & (1 << 16) != 0
     }
 }
 
-/// Decides a packet seen in `direction` of the local endpoint.
-#[inline(always)]
-pub fn enforce(ctx: &TcContext, direction: u8) -> Result<(), Drop> {
-    if enforcement_off() {
-        return Ok(());
-    }
-    let Some(packet) = parse(ctx)? else {
-        // Not IP: outside NetworkPolicy.
-        return Ok(());
-    };
-    let (local, peer) = if direction == DIR_EGRESS {
-        (&packet.src, &packet.dst)
-    } else {
-        (&packet.dst, &packet.src)
-    };
-    let Some(endpoint) = lookup_endpoint(local) else {
-        // Not a local pod we enforce for: unselected pods are untouched.
-        return Ok(());
-    };
-    let audit = endpoint.flags & FLAG_AUDIT != 0;
-    let drop = |reason| Drop { reason, audit };
-    if direction == DIR_EGRESS && endpoint.ifindex != 0 && endpoint.ifindex != ingress_ifindex(ctx)
-    {
-        return Err(drop(DropReason::Spoofed));
-    }
-    let Some(set) = endpoint.isolation(direction) else {
-        return Ok(());
-    };
-    if packet.later_fragment {
-        return Err(drop(DropReason::Fragment));
-    }
-    let dport = load_dport(ctx, &packet).map_err(drop)?;
-    match lookup_allow(set, class_of(peer), direction, packet.protocol, dport) {
-        Some(_rule) => Ok(()),
-        None => Err(drop(DropReason::Policy)),
-    }
+/// The hook a program runs at, which decides the sides it judges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of a pod veth: the source pod's egress, before kube-proxy's DNAT.
+    FromPod,
+    /// tc egress of a pod veth: the destination pod's ingress, and a local source pod's
+    /// egress after DNAT.
+    ToPod,
+    /// tc egress of an uplink: a local source pod's egress after DNAT.
+    ToUplink,
 }
 
-/// The one exit of every program: pass allowed packets on to the next filter, count and drop
-/// the rest (audit mode counts and passes).
+/// The node-wide configuration. The array always has its element; should the lookup ever
+/// fail, the caller drops the packet rather than pass it unjudged.
 #[inline(always)]
-pub fn finish(ctx: &TcContext, direction: u8, result: Result<(), Drop>) -> i32 {
-    match result {
-        Ok(()) => TC_ACT_UNSPEC,
-        Err(Drop { reason, audit }) => {
-            count_drop(ctx, reason, direction);
-            if audit { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
-        }
-    }
-}
-
-/// The interface the packet arrived on (`__sk_buff.ifindex`, present in every kernel we support).
-#[inline(always)]
-fn ingress_ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: `skb` is the context pointer the kernel passed in; the verifier checks the field
-    // access.
-    unsafe { (*ctx.skb.skb).ifindex }
+pub fn load_config() -> Option<&'static Config> {
+    NP_CONFIG.get(0)
 }
 
 #[inline(always)]
-fn enforcement_off() -> bool {
-    match NP_CONFIG.get(0) {
-        Some(config) => config.flags & CONFIG_ENFORCEMENT_OFF != 0,
+fn tracked(endpoint: Option<&Endpoint>) -> bool {
+    match endpoint {
+        Some(endpoint) => endpoint.flags & (FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED) != 0,
         None => false,
     }
 }
 
 #[inline(always)]
-fn count_drop(ctx: &TcContext, reason: DropReason, direction: u8) {
-    if let Some(counter) = NP_DROPS.get_ptr_mut(reason.counter_index(direction)) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += u64::from(ctx.len());
+fn audited(endpoint: Option<&Endpoint>) -> bool {
+    match endpoint {
+        Some(endpoint) => endpoint.flags & FLAG_AUDIT != 0,
+        None => false,
+    }
+}
+
+/// Decides a packet from `src` to `dst` at `hook`.
+#[inline(always)]
+pub fn decide(
+    ctx: &TcContext,
+    config: &Config,
+    packet: &Packet,
+    src: Option<&Endpoint>,
+    dst: Option<&Endpoint>,
+    hook: Hook,
+) -> Verdict {
+    if !tracked(src) && !tracked(dst) {
+        return Verdict::PASS;
+    }
+    let egress_drop = |reason| Verdict::drop(reason, DIR_EGRESS, audited(src));
+    let ingress_drop = |reason| Verdict::drop(reason, DIR_INGRESS, audited(dst));
+    // Reasons that belong to no side count in the hook's own direction.
+    let hook_drop = |reason| {
+        if hook == Hook::ToPod {
+            ingress_drop(reason)
+        } else {
+            egress_drop(reason)
         }
+    };
+    let now = now_ns();
+    if packet.fragment.later {
+        return if first_passed(packet, now) {
+            Verdict::PASS
+        } else {
+            hook_drop(DropReason::Fragment)
+        };
+    }
+    let transport = match load_transport(ctx, packet) {
+        Ok(transport) => transport,
+        Err(reason) => return hook_drop(reason),
+    };
+    if transport.icmp == Icmp::NeighbourDiscovery {
+        return Verdict::PASS;
+    }
+    if transport.icmp == Icmp::Error && icmp_error_is_related(ctx, config, packet, now) {
+        return Verdict::PASS;
+    }
+    // The reply direction first, then the key is turned around to the packet's own direction.
+    let mut key = CtKey {
+        src: packet.dst,
+        dst: packet.src,
+        protocol: packet.protocol,
+        _pad: 0,
+        sport: transport.dport,
+        dport: transport.sport,
+    };
+    if let Some(entry) = lookup_live(&key, now, config) {
+        refresh(entry, packet.protocol, transport.tcp_flags, true, now);
+        // SAFETY: see `conntrack::lookup_live`.
+        count_rule(ctx, unsafe { (*entry).rule });
+        return Verdict::PASS;
+    }
+    key.reverse();
+    let mut existing = lookup_live(&key, now, config);
+    let (mut flags, mut rule) = (0, 0);
+    if let Some(entry) = existing {
+        // SAFETY: see `conntrack::lookup_live`.
+        let (entry_flags, entry_rule) = unsafe { ((*entry).flags, (*entry).rule) };
+        if entry_flags & CT_CLOSING != 0
+            && is_new_tcp_connection(packet.protocol, transport.tcp_flags)
+        {
+            existing = None;
+        } else {
+            (flags, rule) = (entry_flags, entry_rule);
+        }
+    }
+
+    let mut decided = 0;
+    if let Some(set) = src.and_then(|endpoint| endpoint.isolation(DIR_EGRESS)) {
+        let done = flags & CT_EGRESS_ALLOWED != 0
+            || (hook == Hook::FromPod && flags & CT_EGRESS_DEFERRED != 0);
+        if !done {
+            if hook == Hook::FromPod && is_service(&packet.dst) {
+                decided |= CT_EGRESS_DEFERRED;
+            } else {
+                let class = class_of(&packet.dst);
+                match lookup_allow(set, class, DIR_EGRESS, packet.protocol, transport.policy_port)
+                {
+                    NO_RULE => {
+                        let drop = egress_drop(DropReason::Policy);
+                        if config.flags & CONFIG_EVENTS != 0 {
+                            report(ctx, packet, &transport, src, drop);
+                        }
+                        return drop;
+                    }
+                    allowed_by => {
+                        decided |= CT_EGRESS_ALLOWED;
+                        rule = allowed_by;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(set) = dst.and_then(|endpoint| endpoint.isolation(DIR_INGRESS))
+        && flags & CT_INGRESS_ALLOWED == 0
+    {
+        let class = class_of(&packet.src);
+        match lookup_allow(set, class, DIR_INGRESS, packet.protocol, transport.policy_port) {
+            NO_RULE => {
+                let drop = ingress_drop(DropReason::Policy);
+                if config.flags & CONFIG_EVENTS != 0 {
+                    report(ctx, packet, &transport, dst, drop);
+                }
+                return drop;
+            }
+            allowed_by => {
+                decided |= CT_INGRESS_ALLOWED;
+                rule = allowed_by;
+            }
+        }
+    }
+
+    match existing {
+        Some(entry) => {
+            if decided != 0 {
+                // SAFETY: see `conntrack::lookup_live`.
+                unsafe {
+                    (*entry).flags |= decided;
+                    (*entry).rule = rule;
+                }
+            }
+            refresh(entry, packet.protocol, transport.tcp_flags, false, now);
+        }
+        None => create(&key, decided, rule, transport.tcp_flags, now),
+    }
+    if packet.fragment.first_of_many {
+        record_first(packet, now);
+    }
+    count_rule(ctx, rule);
+    Verdict::PASS
+}
+
+/// Whether an ICMP error quotes a packet of a tracked connection (either direction).
+///
+/// A BPF-to-BPF call rather than inlined: the quoted headers then live in a frame of their
+/// own, which keeps the entry point's frame within the 512-byte stack.
+#[inline(never)]
+fn icmp_error_is_related(ctx: &TcContext, config: &Config, packet: &Packet, now: u64) -> bool {
+    match load_icmp_error_subject(ctx, packet) {
+        Ok(mut subject) => {
+            if lookup_live(&subject, now, config).is_some() {
+                return true;
+            }
+            subject.reverse();
+            lookup_live(&subject, now, config).is_some()
+        }
+        // Too short to tell: judged like any other ICMP packet.
+        Err(_) => false,
+    }
+}
+
+/// Sends a drop (or audit) event. Not inlined, for the stack (see
+/// `icmp_error_is_related`).
+#[inline(never)]
+fn report(
+    ctx: &TcContext,
+    packet: &Packet,
+    transport: &Transport,
+    endpoint: Option<&Endpoint>,
+    drop: Verdict,
+) {
+    let event = PolicyEvent {
+        src: packet.src,
+        dst: packet.dst,
+        protocol: packet.protocol,
+        direction: drop.direction(),
+        sport: transport.sport,
+        dport: transport.dport,
+        endpoint: match endpoint {
+            Some(endpoint) => endpoint.id,
+            None => 0,
+        },
+        reason: drop.reason_code(),
+        flags: if drop.audit() { EVENT_AUDIT } else { 0 },
+    };
+    send_event(ctx, &event);
+}
+
+/// The one exit of every program: pass allowed packets on to the next filter, count and drop
+/// the rest (audit mode counts and passes).
+#[inline(always)]
+pub fn finish(ctx: &TcContext, verdict: Verdict) -> i32 {
+    if verdict == Verdict::PASS {
+        return TC_ACT_UNSPEC;
+    }
+    count_drop(ctx, verdict.reason_code(), verdict.direction());
+    if verdict.audit() {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT
     }
 }

@@ -21,10 +21,12 @@ pub enum Transport {
         sport: u16,
         dport: u16,
     },
-    /// ICMP (IPv4) or ICMPv6 (IPv6), by the packet's family.
+    /// ICMP (IPv4) or ICMPv6 (IPv6), by the packet's family; `id` is the echo identifier
+    /// (bytes 4..6 of the header).
     Icmp {
         kind: u8,
         code: u8,
+        id: u16,
     },
     /// Any other protocol number, with a few bytes of payload.
     Other {
@@ -77,7 +79,10 @@ impl Transport {
                 header[2..4].copy_from_slice(&dport.to_be_bytes());
                 header
             }
-            Self::Icmp { kind, code } => vec![kind, code, 0, 0, 0, 0, 0, 0],
+            Self::Icmp { kind, code, id } => {
+                let id = id.to_be_bytes();
+                vec![kind, code, 0, 0, id[0], id[1], 0, 0]
+            }
             Self::Other { .. } => vec![0u8; 8],
         }
     }
@@ -106,8 +111,12 @@ pub struct PacketSpec {
     pub dst: IpAddr,
     pub transport: Transport,
     pub fragment: Option<Fragment>,
+    /// IPv4 identification (low 16 bits) or IPv6 fragment identification.
+    pub id: u32,
     /// Ignored for IPv4.
     pub ipv6_ext: Vec<Ipv6Ext>,
+    /// Bytes after the transport header (an ICMP error's quoted packet, say).
+    pub payload: Vec<u8>,
 }
 
 impl PacketSpec {
@@ -117,8 +126,17 @@ impl PacketSpec {
             dst,
             transport,
             fragment: None,
+            id: 0,
             ipv6_ext: Vec::new(),
+            payload: Vec::new(),
         }
+    }
+
+    /// An ICMP (or ICMPv6) error of `kind` from `src` to `dst` quoting `quoted`'s IP packet.
+    pub fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, quoted: &PacketSpec) -> Self {
+        let mut spec = Self::new(src, dst, Transport::Icmp { kind, code: 0, id: 0 });
+        spec.payload = quoted.build()[14..].to_vec();
+        spec
     }
 
     /// The Ethernet frame.
@@ -126,7 +144,11 @@ impl PacketSpec {
         let transport = match self.fragment {
             // A later fragment carries payload, not a transport header.
             Some(Fragment { offset, .. }) if offset != 0 => vec![0xab; 16],
-            _ => self.transport.bytes(),
+            _ => {
+                let mut bytes = self.transport.bytes();
+                bytes.extend_from_slice(&self.payload);
+                bytes
+            }
         };
         let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
         match (self.src, self.dst) {
@@ -136,6 +158,7 @@ impl PacketSpec {
                 let mut ip = vec![0u8; 20];
                 ip[0] = 0x45;
                 ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+                ip[4..6].copy_from_slice(&(self.id as u16).to_be_bytes());
                 if let Some(Fragment { offset, more }) = self.fragment {
                     let field = (offset & 0x1fff) | if more { 0x2000 } else { 0 };
                     ip[6..8].copy_from_slice(&field.to_be_bytes());
@@ -166,6 +189,7 @@ impl PacketSpec {
                     let mut header = vec![0u8; 8];
                     let field = (offset << 3) | u16::from(more);
                     header[2..4].copy_from_slice(&field.to_be_bytes());
+                    header[4..8].copy_from_slice(&self.id.to_be_bytes());
                     chain.push((44, header));
                 }
                 let protocol = self.transport.protocol(true);

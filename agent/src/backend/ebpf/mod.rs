@@ -6,10 +6,13 @@
 use agent_common::{
     addr::Addr,
     config::{self, Config},
+    conntrack::{self, CtEntry, CtKey},
     endpoint::{self, Endpoint},
+    fragments,
     ipcache::{self, PeerClass},
     metrics::{self, Counter, DropReason},
     policy::{self, PolicyKey, PolicyValue},
+    services::{self, ServiceRange},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,15 +27,28 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROG_FROM_POD: &str = "netpol_from_pod";
 /// Program for tc egress of a pod's host-side veth (the pod's ingress).
 pub const PROG_TO_POD: &str = "netpol_to_pod";
+/// Program for tc egress of an uplink (a pod's egress after DNAT).
+pub const PROG_TO_UPLINK: &str = "netpol_to_uplink";
 /// Every program in the object.
-pub const PROGRAMS: [&str; 2] = [PROG_FROM_POD, PROG_TO_POD];
+pub const PROGRAMS: [&str; 3] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK];
 
-/// Capacities of the maps whose size depends on the cluster.
+/// Capacities of the maps whose size depends on the cluster or the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
+    /// Local pod addresses.
     pub endpoints: u32,
+    /// Address prefixes (pod addresses and ipBlock CIDRs with their excepts).
     pub ipcache: u32,
+    /// Allow entries.
     pub policy: u32,
+    /// Service address ranges.
+    pub services: u32,
+    /// Tracked connections (LRU: the oldest is evicted when full).
+    pub conntrack: u32,
+    /// Fragmented datagrams in flight (LRU).
+    pub fragments: u32,
+    /// Rule ids with counters (ids at or above it are not counted).
+    pub rules: u32,
 }
 
 impl Default for MapSizes {
@@ -41,6 +57,10 @@ impl Default for MapSizes {
             endpoints: 1024,
             ipcache: 65_536,
             policy: 65_536,
+            services: 64,
+            conntrack: 262_144,
+            fragments: 8192,
+            rules: 65_536,
         }
     }
 }
@@ -81,8 +101,11 @@ pub struct Datapath {
     endpoints: HashMap<MapData, Addr, Endpoint>,
     ipcache: LpmTrie<MapData, Addr, PeerClass>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    services: LpmTrie<MapData, Addr, ServiceRange>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
     config: Array<MapData, Config>,
     drops: PerCpuArray<MapData, Counter>,
+    rule_hits: PerCpuArray<MapData, Counter>,
 }
 
 impl Datapath {
@@ -93,11 +116,19 @@ impl Datapath {
             endpoints,
             ipcache,
             policy,
+            services,
+            conntrack,
+            fragments,
+            rules,
         } = sizes;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(endpoint::MAP_NAME, endpoints)
             .map_max_entries(ipcache::MAP_NAME, ipcache)
             .map_max_entries(policy::MAP_NAME, policy)
+            .map_max_entries(services::MAP_NAME, services)
+            .map_max_entries(conntrack::MAP_NAME, conntrack)
+            .map_max_entries(fragments::MAP_NAME, fragments)
+            .map_max_entries(metrics::RULE_HITS_MAP_NAME, rules)
             .load(OBJECT)
             .map_err(EbpfError::Load)?;
         for name in PROGRAMS {
@@ -114,8 +145,11 @@ impl Datapath {
             endpoints: take_map(&mut ebpf, endpoint::MAP_NAME)?,
             ipcache: take_map(&mut ebpf, ipcache::MAP_NAME)?,
             policy: take_map(&mut ebpf, policy::MAP_NAME)?,
+            services: take_map(&mut ebpf, services::MAP_NAME)?,
+            conntrack: take_map(&mut ebpf, conntrack::MAP_NAME)?,
             config: take_map(&mut ebpf, config::MAP_NAME)?,
             drops: take_map(&mut ebpf, metrics::DROPS_MAP_NAME)?,
+            rule_hits: take_map(&mut ebpf, metrics::RULE_HITS_MAP_NAME)?,
             ebpf,
         })
     }
@@ -163,6 +197,27 @@ impl Datapath {
             .map_err(update_error(policy::MAP_NAME, "insert"))
     }
 
+    /// Marks `addr/len` as a Service range: egress to it is decided after DNAT.
+    pub fn insert_service_range(&mut self, addr: Addr, len: u32) -> Result<(), EbpfError> {
+        let key = Key::new(ipcache::lpm_prefix_len(len), addr);
+        self.services
+            .insert(&key, ServiceRange { flags: 0 }, 0)
+            .map_err(update_error(services::MAP_NAME, "insert"))
+    }
+
+    /// The tracked connection `key`, if any.
+    pub fn connection(&self, key: &CtKey) -> Result<Option<CtEntry>, EbpfError> {
+        match self.conntrack.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(EbpfError::MapUpdate {
+                name: conntrack::MAP_NAME,
+                operation: "read",
+                source,
+            }),
+        }
+    }
+
     pub fn set_config(&mut self, value: Config) -> Result<(), EbpfError> {
         self.config
             .set(0, value, 0)
@@ -175,13 +230,24 @@ impl Datapath {
             .drops
             .get(&reason.counter_index(direction), 0)
             .map_err(update_error(metrics::DROPS_MAP_NAME, "read"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(Counter::default(), |sum, cell| Counter {
-                packets: sum.packets + cell.packets,
-                bytes: sum.bytes + cell.bytes,
-            }))
+        Ok(sum_cpus(&per_cpu))
     }
+
+    /// Packets credited to `rule`, summed over CPUs.
+    pub fn rule_hits(&self, rule: u32) -> Result<Counter, EbpfError> {
+        let per_cpu = self
+            .rule_hits
+            .get(&rule, 0)
+            .map_err(update_error(metrics::RULE_HITS_MAP_NAME, "read"))?;
+        Ok(sum_cpus(&per_cpu))
+    }
+}
+
+fn sum_cpus(per_cpu: &[Counter]) -> Counter {
+    per_cpu.iter().fold(Counter::default(), |sum, cell| Counter {
+        packets: sum.packets + cell.packets,
+        bytes: sum.bytes + cell.bytes,
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>

@@ -1,0 +1,35 @@
+//! Fragments (`NP_FRAGS`): a later fragment of an isolated endpoint passes only after the
+//! first fragment of its datagram passed (see `agent_common::fragments`).
+
+use agent_common::fragments::{FRAG_TIMEOUT_NS, FragEntry, FragKey};
+
+use crate::{maps::NP_FRAGS, parse::Packet};
+
+#[inline(always)]
+fn key_of(packet: &Packet) -> FragKey {
+    FragKey {
+        src: packet.src,
+        dst: packet.dst,
+        protocol: packet.protocol,
+        _pad: 0,
+        id: packet.fragment.id,
+    }
+}
+
+/// Remembers that the first fragment of `packet`'s datagram passed. Fragments are rare: these
+/// are BPF-to-BPF calls that keep their keys off the entry point's stack.
+#[inline(never)]
+pub fn record_first(packet: &Packet, now: u64) {
+    // A failed insert only costs the datagram its later fragments (a retransmission).
+    let _ = NP_FRAGS.insert(&key_of(packet), &FragEntry { first_seen_ns: now }, 0);
+}
+
+/// Whether a later fragment belongs to a datagram whose first fragment passed.
+#[inline(never)]
+pub fn first_passed(packet: &Packet, now: u64) -> bool {
+    // SAFETY: plain data copied out at once.
+    match unsafe { NP_FRAGS.get(&key_of(packet)) } {
+        Some(entry) => now.wrapping_sub(entry.first_seen_ns) <= FRAG_TIMEOUT_NS,
+        None => false,
+    }
+}
