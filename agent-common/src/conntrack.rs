@@ -19,14 +19,14 @@ pub const MAP_NAME: &str = "NP_CT";
 pub struct CtKey {
     pub src: Addr,
     pub dst: Addr,
-    pub protocol: u8,
-    pub _pad: u8,
     /// Source port, or the ICMP echo identifier.
     pub sport: u16,
     /// Destination port, or the ICMP echo identifier.
     pub dport: u16,
+    /// IP protocol number (a full word: no padding to fill, see [`Addr`]).
+    pub protocol: u32,
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 48);
 
 impl CtKey {
     /// Turns the key into the same connection seen from the other end (in place: the eBPF

@@ -14,11 +14,11 @@ pub const EVENT_AUDIT: u32 = 1 << 0;
 pub struct PolicyEvent {
     pub src: Addr,
     pub dst: Addr,
-    pub protocol: u8,
-    /// `DIR_INGRESS` or `DIR_EGRESS` of the endpoint.
-    pub direction: u8,
     pub sport: u16,
     pub dport: u16,
+    pub protocol: u32,
+    /// `DIR_INGRESS` or `DIR_EGRESS` of the endpoint.
+    pub direction: u32,
     /// Endpoint id of the local pod the decision was for (0 if none).
     pub endpoint: u32,
     /// A `DropReason` code.
@@ -26,7 +26,7 @@ pub struct PolicyEvent {
     /// `EVENT_*` bits.
     pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 52);
+const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 64);
 
 #[cfg(feature = "user")]
 crate::impl_pod!(PolicyEvent);

@@ -17,12 +17,12 @@ pub const MAP_NAME: &str = "NP_FRAGS";
 pub struct FragKey {
     pub src: Addr,
     pub dst: Addr,
-    pub protocol: u8,
-    pub _pad: u8,
     /// IPv4 identification (16 bits) or IPv6 fragment header identification.
     pub id: u32,
+    /// IP protocol number (a full word: no padding to fill).
+    pub protocol: u32,
 }
-const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 48);
 
 /// Value: when the first fragment passed (`bpf_ktime_get_ns`).
 #[repr(C)]

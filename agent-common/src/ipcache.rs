@@ -6,7 +6,7 @@
 //! the trie, so the longest match of an address names exactly the peers it belongs to, and
 //! ipBlock rules also match pod addresses.
 //!
-//! The key data is an [`Addr`]: the prefix length counts the family byte
+//! The key data is an [`Addr`]: the prefix length counts the family byte and its padding
 //! ([`Addr::FAMILY_BITS`]) plus the address bits.
 
 use crate::addr::Addr;

@@ -11,7 +11,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     maps::NP_CT,
-    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, has_ports, is_tcp},
+    parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, has_ports, is_tcp},
 };
 
 /// The current time for timeouts.
@@ -23,12 +23,12 @@ pub fn now_ns() -> u64 {
 
 /// The live entry of `key`, or `None` if there is none or it has timed out.
 #[inline(always)]
-pub fn lookup_live(key: &CtKey, now: u64, config: &Config) -> Option<*mut CtEntry> {
+pub fn lookup_live(key: &CtKey, protocol: u8, now: u64, config: &Config) -> Option<*mut CtEntry> {
     let entry = NP_CT.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup and stays valid for this program run;
     // concurrent writers only store whole fields.
     let (last_seen, flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
-    let timeout = timeout_ns(key.protocol, flags, config);
+    let timeout = timeout_ns(protocol, flags, config);
     if now.wrapping_sub(last_seen) > timeout {
         return None;
     }
@@ -78,7 +78,7 @@ pub fn is_new_tcp_connection(protocol: u8, tcp_flags: u8) -> bool {
 /// connections only: not inlined, for the stack.
 #[inline(never)]
 pub fn create(key: &CtKey, flags: u32, rule: u32, tcp_flags: u8, now: u64) {
-    let flags = if is_tcp(key.protocol) {
+    let flags = if key.protocol == u32::from(IPPROTO_TCP) {
         tcp_transition(flags, tcp_flags, false)
     } else {
         flags

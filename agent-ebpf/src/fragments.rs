@@ -10,9 +10,8 @@ fn key_of(packet: &Packet) -> FragKey {
     FragKey {
         src: packet.src,
         dst: packet.dst,
-        protocol: packet.protocol,
-        _pad: 0,
         id: packet.fragment.id,
+        protocol: u32::from(packet.protocol),
     }
 }
 

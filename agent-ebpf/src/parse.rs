@@ -4,7 +4,13 @@
 //! at run time, so no packet pointer has to be revalidated, and needs no zeroed buffer (which
 //! would pull in a `memset` loop). Every loop is unrolled by hand (4.19 has no bounded loops).
 
-use agent_common::{addr::Addr, conntrack::CtKey, metrics::DropReason};
+use core::{mem::MaybeUninit, ptr::write_volatile};
+
+use agent_common::{
+    addr::{Addr, FAMILY_V4, FAMILY_V6},
+    conntrack::CtKey,
+    metrics::DropReason,
+};
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 
 const ETH_HLEN: usize = 14;
@@ -12,7 +18,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_SCTP: u8 = 132;
@@ -69,8 +75,8 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
     Ok(Packet {
-        src: Addr::v4([header[12], header[13], header[14], header[15]]),
-        dst: Addr::v4([header[16], header[17], header[18], header[19]]),
+        src: addr_v4([header[12], header[13], header[14], header[15]]),
+        dst: addr_v4([header[16], header[17], header[18], header[19]]),
         protocol: header[9],
         l4_offset: ETH_HLEN + header_len,
         fragment: Fragment {
@@ -84,14 +90,14 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
 /// Reads `size_of::<T>()` bytes at `offset` straight into `dst` (no temporary on the
 /// 512-byte stack).
 #[inline(always)]
-fn load_into<T>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(), DropReason> {
-    // SAFETY: `dst` is a valid, exclusively borrowed `T` of plain bytes (addresses), and the
-    // helper writes exactly `size_of::<T>()` bytes or fails.
+fn load_into<T>(ctx: &TcContext, offset: usize, dst: *mut T) -> Result<(), DropReason> {
+    // SAFETY: callers pass a valid pointer to a `T` of plain bytes (addresses), and the helper
+    // writes exactly `size_of::<T>()` bytes or fails.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             offset as u32,
-            core::ptr::from_mut(dst).cast(),
+            dst.cast(),
             core::mem::size_of::<T>() as u32,
         )
     };
@@ -102,12 +108,45 @@ fn load_into<T>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(), DropR
     }
 }
 
+/// An IPv4 address in map form, written word by word.
+///
+/// Volatile stores because LLVM would merge plain zero stores into a `memset` call, which
+/// bpf-linker resolves to a loop (rejected before 5.3).
+#[inline(always)]
+fn addr_v4(octets: [u8; 4]) -> Addr {
+    let mut addr = MaybeUninit::<Addr>::uninit();
+    let words = addr.as_mut_ptr().cast::<u32>();
+    // SAFETY: `Addr` is five aligned `u32`-sized words of plain data (asserted in
+    // agent-common); all five are written before `assume_init`.
+    unsafe {
+        write_volatile(words, FAMILY_V4);
+        write_volatile(words.add(1), u32::from_ne_bytes(octets));
+        write_volatile(words.add(2), 0);
+        write_volatile(words.add(3), 0);
+        write_volatile(words.add(4), 0);
+        addr.assume_init()
+    }
+}
+
+/// An IPv6 address in map form, read from the packet at `offset` straight into place.
+#[inline(always)]
+fn load_addr_v6(ctx: &TcContext, offset: usize) -> Result<Addr, DropReason> {
+    let mut addr = MaybeUninit::<Addr>::uninit();
+    // SAFETY: the family word is written here and the sixteen bytes by the helper, which
+    // fails (and the value is dropped unread) unless it wrote all of them.
+    unsafe {
+        write_volatile(addr.as_mut_ptr().cast::<u32>(), FAMILY_V6);
+        load_into(ctx, offset, &mut (*addr.as_mut_ptr()).bytes)?;
+        Ok(addr.assume_init())
+    }
+}
+
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
     let next: u8 = ctx.load(ETH_HLEN + 6).map_err(|_| DropReason::Malformed)?;
     let mut packet = Packet {
-        src: Addr::v6([0; 16]),
-        dst: Addr::v6([0; 16]),
+        src: load_addr_v6(ctx, ETH_HLEN + 8)?,
+        dst: load_addr_v6(ctx, ETH_HLEN + 24)?,
         protocol: next,
         l4_offset: ETH_HLEN + 40,
         fragment: Fragment {
@@ -116,8 +155,6 @@ fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
             id: 0,
         },
     };
-    load_into(ctx, ETH_HLEN + 8, &mut packet.src.bytes)?;
-    load_into(ctx, ETH_HLEN + 24, &mut packet.dst.bytes)?;
     // At most four extension headers, unrolled; a packet with more is malformed for us.
     skip_ipv6_ext(ctx, &mut packet)?;
     skip_ipv6_ext(ctx, &mut packet)?;
@@ -251,8 +288,8 @@ pub fn load_icmp_error_subject(ctx: &TcContext, packet: &Packet) -> Result<CtKey
             return Err(DropReason::Malformed);
         }
         (
-            Addr::v4([header[12], header[13], header[14], header[15]]),
-            Addr::v4([header[16], header[17], header[18], header[19]]),
+            addr_v4([header[12], header[13], header[14], header[15]]),
+            addr_v4([header[16], header[17], header[18], header[19]]),
             header[9],
             inner + header_len,
         )
@@ -260,9 +297,9 @@ pub fn load_icmp_error_subject(ctx: &TcContext, packet: &Packet) -> Result<CtKey
         // The quoted IPv6 packet's extension headers are not followed: an error about a packet
         // that had some is judged as a plain ICMPv6 packet.
         let next: u8 = ctx.load(inner + 6).map_err(|_| DropReason::Malformed)?;
-        let src: [u8; 16] = ctx.load(inner + 8).map_err(|_| DropReason::Malformed)?;
-        let dst: [u8; 16] = ctx.load(inner + 24).map_err(|_| DropReason::Malformed)?;
-        (Addr::v6(src), Addr::v6(dst), next, inner + 40)
+        let src = load_addr_v6(ctx, inner + 8)?;
+        let dst = load_addr_v6(ctx, inner + 24)?;
+        (src, dst, next, inner + 40)
     };
     let quoted: [u8; 8] = ctx.load(inner_l4).map_err(|_| DropReason::Malformed)?;
     let (sport, dport) = match protocol {
@@ -279,10 +316,9 @@ pub fn load_icmp_error_subject(ctx: &TcContext, packet: &Packet) -> Result<CtKey
     Ok(CtKey {
         src,
         dst,
-        protocol,
-        _pad: 0,
         sport,
         dport,
+        protocol: u32::from(protocol),
     })
 }
 

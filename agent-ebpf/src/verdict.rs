@@ -149,19 +149,18 @@ pub fn decide(
     let mut key = CtKey {
         src: packet.dst,
         dst: packet.src,
-        protocol: packet.protocol,
-        _pad: 0,
         sport: transport.dport,
         dport: transport.sport,
+        protocol: u32::from(packet.protocol),
     };
-    if let Some(entry) = lookup_live(&key, now, config) {
+    if let Some(entry) = lookup_live(&key, packet.protocol, now, config) {
         refresh(entry, packet.protocol, transport.tcp_flags, true, now);
         // SAFETY: see `conntrack::lookup_live`.
         count_rule(ctx, unsafe { (*entry).rule });
         return Verdict::PASS;
     }
     key.reverse();
-    let mut existing = lookup_live(&key, now, config);
+    let mut existing = lookup_live(&key, packet.protocol, now, config);
     let (mut flags, mut rule) = (0, 0);
     if let Some(entry) = existing {
         // SAFETY: see `conntrack::lookup_live`.
@@ -248,11 +247,11 @@ pub fn decide(
 fn icmp_error_is_related(ctx: &TcContext, config: &Config, packet: &Packet, now: u64) -> bool {
     match load_icmp_error_subject(ctx, packet) {
         Ok(mut subject) => {
-            if lookup_live(&subject, now, config).is_some() {
+            if lookup_live(&subject, subject.protocol as u8, now, config).is_some() {
                 return true;
             }
             subject.reverse();
-            lookup_live(&subject, now, config).is_some()
+            lookup_live(&subject, subject.protocol as u8, now, config).is_some()
         }
         // Too short to tell: judged like any other ICMP packet.
         Err(_) => false,
@@ -272,10 +271,10 @@ fn report(
     let event = PolicyEvent {
         src: packet.src,
         dst: packet.dst,
-        protocol: packet.protocol,
-        direction: drop.direction(),
         sport: transport.sport,
         dport: transport.dport,
+        protocol: u32::from(packet.protocol),
+        direction: u32::from(drop.direction()),
         endpoint: match endpoint {
             Some(endpoint) => endpoint.id,
             None => 0,
