@@ -96,7 +96,7 @@ mod programs {
         let Some(config) = load_config() else {
             return Verdict::drop(DropReason::NoConfig, DIR_INGRESS, false);
         };
-        if config.flags & CONFIG_ENFORCEMENT_OFF != 0 || node_originated(ctx) {
+        if config.flags & CONFIG_ENFORCEMENT_OFF != 0 {
             return Verdict::PASS;
         }
         let packet = match parse(ctx) {
@@ -104,11 +104,14 @@ mod programs {
             Ok(None) => return Verdict::PASS,
             Err(reason) => return Verdict::drop(reason, DIR_INGRESS, false),
         };
-        let Some(dst) = lookup_endpoint(&packet.dst) else {
-            return Verdict::PASS;
-        };
+        // The destination's ingress, and a local source's egress after DNAT (the destination
+        // need not be selected for that).
+        let dst = lookup_endpoint(&packet.dst);
+        if node_originated(ctx) {
+            return decide(ctx, config, &packet, None, dst, Hook::FromNode);
+        }
         let src = lookup_endpoint(&packet.src);
-        decide(ctx, config, &packet, src, Some(dst), Hook::ToPod)
+        decide(ctx, config, &packet, src, dst, Hook::ToPod)
     }
 
     #[inline(always)]
@@ -139,7 +142,7 @@ mod programs {
 
     /// Sent by the node itself (kubelet probes, host processes): allowed by origin, whatever
     /// its source address. Forwarded packets, NodePort traffic SNATed to a node address
-    /// included, carry the interface they arrived on.
+    /// included, carry the interface they arrived on (`skb_iif`), local ones none.
     #[inline(always)]
     fn node_originated(ctx: &TcContext) -> bool {
         // SAFETY: as in `ifindex`.

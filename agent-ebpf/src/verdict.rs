@@ -9,7 +9,8 @@
 //! 5. a reply of a tracked connection passes (both directions);
 //! 6. every side this hook is responsible for (the source's egress, the destination's ingress)
 //!    must be allowed by a policy entry, or already have been at this hook for the
-//!    connection; Service destinations defer the egress side to the hooks after DNAT;
+//!    connection; Service destinations defer the egress side to the hooks after DNAT, and
+//!    traffic the node itself sends is allowed into its pods by origin;
 //! 7. the connection is then tracked, so its replies pass.
 
 use agent_common::{
@@ -79,6 +80,10 @@ pub enum Hook {
     ToPod,
     /// tc egress of an uplink: a local source pod's egress after DNAT.
     ToUplink,
+    /// tc egress of a pod veth for a packet the node itself sent: the destination's ingress
+    /// is allowed by origin; the connection is still tracked so that its replies pass the
+    /// pod's egress.
+    FromNode,
 }
 
 /// The node-wide configuration. The array always has its element; should the lookup ever
@@ -121,7 +126,7 @@ pub fn decide(
     let ingress_drop = |reason| Verdict::drop(reason, DIR_INGRESS, audited(dst));
     // Reasons that belong to no side count in the hook's own direction.
     let hook_drop = |reason| {
-        if hook == Hook::ToPod {
+        if hook == Hook::ToPod || hook == Hook::FromNode {
             ingress_drop(reason)
         } else {
             egress_drop(reason)
@@ -202,6 +207,7 @@ pub fn decide(
     }
     if let Some(set) = dst.and_then(|endpoint| endpoint.isolation(DIR_INGRESS))
         && flags & CT_INGRESS_ALLOWED == 0
+        && hook != Hook::FromNode
     {
         let class = class_of(&packet.src);
         match lookup_allow(set, class, DIR_INGRESS, packet.protocol, transport.policy_port) {

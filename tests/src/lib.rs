@@ -1,8 +1,10 @@
 //! Shared pieces of the integration suites.
 //!
 //! - [`packet`]: crafted frames for BPF_PROG_TEST_RUN.
+//! - [`netns`]: a simulated node with pods as network namespaces, for real traffic.
 //! - [`require_root`]: the skip rule for tests that need root.
 
+pub mod netns;
 pub mod packet;
 
 /// Whether this process may load BPF programs. Tests that need it print why they skip

@@ -1,7 +1,13 @@
-//! The eBPF datapath: loads the embedded object, sizes and exposes its maps, and hands out its
-//! programs for attaching or test runs.
+//! The eBPF datapath: loads the embedded object, sizes, pins and exposes its maps, attaches its
+//! programs to interfaces, and hands them out for test runs.
 //!
 //! What each map holds is defined in `agent-common`; this module only moves values in and out.
+
+mod attach;
+
+use std::path::{Path, PathBuf};
+
+pub use attach::{AttachMode, NETLINK_HANDLE, NETLINK_PRIORITY};
 
 use agent_common::{
     addr::Addr,
@@ -17,7 +23,7 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier},
+    programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 
 /// The object built from `agent-ebpf` (see `agent/build.rs`).
@@ -31,6 +37,53 @@ pub const PROG_TO_POD: &str = "netpol_to_pod";
 pub const PROG_TO_UPLINK: &str = "netpol_to_uplink";
 /// Every program in the object.
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK];
+
+/// Maps that keep state across agent restarts when pinned: everything but the event array,
+/// whose buffers belong to the reader.
+const PINNED_MAPS: [&str; 9] = [
+    endpoint::MAP_NAME,
+    ipcache::MAP_NAME,
+    policy::MAP_NAME,
+    services::MAP_NAME,
+    conntrack::MAP_NAME,
+    fragments::MAP_NAME,
+    config::MAP_NAME,
+    metrics::DROPS_MAP_NAME,
+    metrics::RULE_HITS_MAP_NAME,
+];
+
+/// What an interface is to the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceRole {
+    /// The host side of a pod's veth: `netpol_from_pod` at tc ingress, `netpol_to_pod` at tc
+    /// egress.
+    Pod,
+    /// An uplink: `netpol_to_uplink` at tc egress.
+    Uplink,
+}
+
+impl InterfaceRole {
+    fn hooks(self) -> &'static [attach::Hook] {
+        const POD: [attach::Hook; 2] = [
+            attach::Hook {
+                program: PROG_FROM_POD,
+                attach_type: TcAttachType::Ingress,
+            },
+            attach::Hook {
+                program: PROG_TO_POD,
+                attach_type: TcAttachType::Egress,
+            },
+        ];
+        const UPLINK: [attach::Hook; 1] = [attach::Hook {
+            program: PROG_TO_UPLINK,
+            attach_type: TcAttachType::Egress,
+        }];
+        match self {
+            Self::Pod => &POD,
+            Self::Uplink => &UPLINK,
+        }
+    }
+}
 
 /// Capacities of the maps whose size depends on the cluster or the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,11 +146,55 @@ pub enum EbpfError {
         #[source]
         source: ProgramError,
     },
+    #[error("attaching or detaching {program} on {iface} failed")]
+    Attach {
+        iface: String,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the tcx link of {program} on {iface} is unusable")]
+    Link {
+        iface: String,
+        program: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("interface {iface} does not exist")]
+    NoInterface { iface: String },
+    #[error("pinning at {path} failed")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to load the datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub sizes: MapSizes,
+    /// Pin the state maps (and tcx links) here and adopt what is already pinned, so state
+    /// survives the agent; `None` keeps everything private to this process (tests).
+    pub pin_dir: Option<PathBuf>,
+    pub attach_mode: AttachMode,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            sizes: MapSizes::default(),
+            pin_dir: None,
+            attach_mode: AttachMode::detect(),
+        }
+    }
 }
 
 /// The loaded object with typed handles on its maps.
 pub struct Datapath {
     ebpf: Ebpf,
+    attach_mode: AttachMode,
+    pin_dir: Option<PathBuf>,
     endpoints: HashMap<MapData, Addr, Endpoint>,
     ipcache: LpmTrie<MapData, Addr, PeerClass>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
@@ -109,9 +206,24 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the embedded object with `sizes` and loads (not attaches) every program.
+    /// Loads the embedded object with private maps of `sizes` and loads (not attaches) every
+    /// program.
     pub fn load(sizes: MapSizes) -> Result<Self, EbpfError> {
+        Self::load_with(&LoadOptions {
+            sizes,
+            ..LoadOptions::default()
+        })
+    }
+
+    /// Loads the embedded object as `options` say and loads (not attaches) every program.
+    /// With a pin directory, maps already pinned there are adopted with their contents.
+    pub fn load_with(options: &LoadOptions) -> Result<Self, EbpfError> {
         raise_memlock_limit();
+        let LoadOptions {
+            sizes,
+            pin_dir,
+            attach_mode,
+        } = options;
         let MapSizes {
             endpoints,
             ipcache,
@@ -120,8 +232,18 @@ impl Datapath {
             conntrack,
             fragments,
             rules,
-        } = sizes;
-        let mut ebpf = EbpfLoader::new()
+        } = *sizes;
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| EbpfError::Pin {
+                path: dir.clone(),
+                source,
+            })?;
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .map_max_entries(endpoint::MAP_NAME, endpoints)
             .map_max_entries(ipcache::MAP_NAME, ipcache)
             .map_max_entries(policy::MAP_NAME, policy)
@@ -151,7 +273,41 @@ impl Datapath {
             drops: take_map(&mut ebpf, metrics::DROPS_MAP_NAME)?,
             rule_hits: take_map(&mut ebpf, metrics::RULE_HITS_MAP_NAME)?,
             ebpf,
+            attach_mode: *attach_mode,
+            pin_dir: pin_dir.clone(),
         })
+    }
+
+    /// Attaches the programs of `role` to `iface`, replacing ours if they are there already.
+    /// They stay attached when this process exits.
+    pub fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), EbpfError> {
+        let links_dir = self.links_dir();
+        for hook in role.hooks() {
+            let mode = self.attach_mode;
+            let program = self.program(hook.program)?;
+            attach::attach(program, iface, *hook, mode, &links_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes our programs of `role` from `iface`; filters of others are not touched.
+    pub fn detach(&self, iface: &str, role: InterfaceRole) -> Result<(), EbpfError> {
+        let links_dir = self.links_dir();
+        for hook in role.hooks() {
+            attach::detach(iface, *hook, self.attach_mode, &links_dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn attach_mode(&self) -> AttachMode {
+        self.attach_mode
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.pin_dir
+            .as_deref()
+            .unwrap_or(Path::new(agent_common::PIN_DIR))
+            .join("links")
     }
 
     /// A loaded program, for attaching or test runs.
@@ -264,6 +420,47 @@ fn update_error(name: &'static str, operation: &'static str) -> impl FnOnce(MapE
         operation,
         source,
     }
+}
+
+/// Where bpffs is mounted on every distribution we know.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at `path` unless it is already there (pins need it; some hosts do not mount it).
+pub fn ensure_bpffs(path: &Path) -> Result<(), EbpfError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let pin_error = |source| EbpfError::Pin {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(pin_error)?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|error| pin_error(std::io::Error::other(error)))?;
+    // SAFETY: statfs writes only into the zeroed struct passed in.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `stat` is valid for writes.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(pin_error(std::io::Error::last_os_error()));
+    }
+    #[expect(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64, not everywhere")]
+    if stat.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fs_type = c"bpf";
+    // SAFETY: all strings are NUL-terminated; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fs_type.as_ptr(),
+            c_path.as_ptr(),
+            fs_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(pin_error(std::io::Error::last_os_error()));
+    }
+    tracing::info!(path = %path.display(), "mounted bpffs");
+    Ok(())
 }
 
 /// Kernels before 5.11 charge map memory to RLIMIT_MEMLOCK. Raising the soft limit to the hard

@@ -1,0 +1,292 @@
+//! Network namespaces for tests, following `handbook/test-network.md`: a simulated node, pods
+//! joined to it by veths, and an `ext` namespace playing other nodes and the internet with
+//! documentation addresses. Nothing is linked to the root namespace and no packet leaves these
+//! namespaces. Every namespace is deleted when its guard drops, also when a test panics.
+//!
+//! Code runs inside a namespace through [`Netns::run`]: a scoped thread that `setns`es into it
+//! first (a network namespace is per thread), so probes and servers are plain sockets.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// How long a probe waits for a connection or an answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` (or another command) and panics with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A network namespace that is deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A new namespace named `np<pid>-<n>-<role>` with loopback up.
+    pub fn new(role: &str) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("np{}-{id}-{role}", std::process::id());
+        sh("ip", &["netns", "add", &name]);
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        sh("ip", &all);
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`).
+    pub fn exec(&self, program: &str, args: &[&str]) {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        sh("ip", &all);
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread inside this namespace and returns its result.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter(&path);
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// A TCP and UDP server on `port` inside this namespace that answers every connection or
+    /// datagram with `reply`. Stops when the returned guard drops.
+    pub fn serve(&self, port: u16, reply: &'static str) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{}", self.name);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                enter(&path);
+                let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind TCP server");
+                let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP server");
+                tcp.set_nonblocking(true).expect("nonblocking listener");
+                udp.set_read_timeout(Some(Duration::from_millis(20)))
+                    .expect("UDP timeout");
+                ready_tx.send(()).expect("signal readiness");
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((mut stream, _)) = tcp.accept() {
+                        let _ = stream.write_all(reply.as_bytes());
+                    }
+                    if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(reply.as_bytes(), from);
+                    }
+                }
+            })
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server started");
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether a TCP connection to `dst:port` from inside this namespace is answered.
+    pub fn tcp_probe(&self, dst: IpAddr, port: u16) -> bool {
+        self.run(|| {
+            let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), PROBE_TIMEOUT)
+            else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
+            let mut answer = [0u8; 16];
+            matches!(stream.read(&mut answer), Ok(n) if n > 0)
+        })
+    }
+
+    /// Whether a UDP datagram to `dst:port` from inside this namespace is answered.
+    pub fn udp_probe(&self, dst: IpAddr, port: u16) -> bool {
+        self.run(|| {
+            let bind: SocketAddr = match dst {
+                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let Ok(socket) = UdpSocket::bind(bind) else {
+                return false;
+            };
+            let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
+            if socket.send_to(b"probe", SocketAddr::new(dst, port)).is_err() {
+                return false;
+            }
+            let mut answer = [0u8; 16];
+            let deadline = Instant::now() + PROBE_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok((n, from)) = socket.recv_from(&mut answer) {
+                    // The answer may come from the Service address (un-DNATed) or the backend.
+                    let _ = from;
+                    return n > 0;
+                }
+            }
+            false
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A running test server; stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &str) {
+    let file = File::open(path).unwrap_or_else(|error| panic!("open {path}: {error}"));
+    // SAFETY: `file` is an open namespace file; setns only changes this thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// The address plan of the simulated node (handbook/test-network.md).
+pub mod plan {
+    /// The node's uplink address and its peer in `ext`.
+    pub const NODE_UPLINK: &str = "192.0.2.1";
+    pub const EXT_UPLINK: &str = "192.0.2.254";
+    /// The link-local gateway every pod routes through (proxy ARP on the host veth).
+    pub const POD_GATEWAY: &str = "169.254.1.1";
+    /// The node's uplink interface.
+    pub const UPLINK: &str = "uplink0";
+}
+
+/// A pod: its namespace, address and the host side of its veth in the node namespace.
+pub struct Pod {
+    pub netns: Netns,
+    pub ip: IpAddr,
+    pub host_veth: String,
+}
+
+/// A simulated node: the `node` namespace with ip_forward on, its pods, and `ext` behind the
+/// uplink holding remote pods and "internet" hosts.
+pub struct SimulatedNode {
+    pub node: Netns,
+    pub ext: Netns,
+    pub pods: Vec<Pod>,
+}
+
+impl SimulatedNode {
+    /// A node whose uplink leads to `ext`, which answers for `ext_addresses` (remote pods,
+    /// documentation-range internet hosts) and routes `local_pod_cidr` back to the node.
+    pub fn new(local_pod_cidr: &str, ext_addresses: &[&str]) -> Self {
+        let node = Netns::new("node");
+        let ext = Netns::new("ext");
+        node.sysctl("net.ipv4.ip_forward", "1");
+        ext.sysctl("net.ipv4.ip_forward", "1");
+        node.ip(&["link", "add", plan::UPLINK, "type", "veth", "peer", "name", "ext0", "netns", ext.name()]);
+        node.ip(&["addr", "add", &format!("{}/24", plan::NODE_UPLINK), "dev", plan::UPLINK]);
+        node.ip(&["link", "set", plan::UPLINK, "up"]);
+        node.ip(&["route", "add", "default", "via", plan::EXT_UPLINK]);
+        ext.ip(&["addr", "add", &format!("{}/24", plan::EXT_UPLINK), "dev", "ext0"]);
+        ext.ip(&["link", "set", "ext0", "up"]);
+        ext.ip(&["route", "add", local_pod_cidr, "via", plan::NODE_UPLINK]);
+        for address in ext_addresses {
+            ext.ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"]);
+        }
+        Self {
+            node,
+            ext,
+            pods: Vec::new(),
+        }
+    }
+
+    /// Adds a pod with address `ip` (IPv4) and returns its index.
+    pub fn add_pod(&mut self, ip: &str) -> usize {
+        let index = self.pods.len();
+        let netns = Netns::new(&format!("pod{index}"));
+        // Terway names host-side veths `cali` + 11 hex characters.
+        let host_veth = format!("cali{:011x}", 0x5ee_d000_0000u64 + index as u64);
+        self.node.ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns.name()]);
+        self.node.ip(&["link", "set", &host_veth, "up"]);
+        self.node.sysctl(&format!("net.ipv4.conf.{host_veth}.proxy_arp"), "1");
+        // Answer the pod's ARP for the gateway at once (the default delays up to 0.8 s,
+        // longer than a probe's first try).
+        self.node.sysctl(&format!("net.ipv4.neigh.{host_veth}.proxy_delay"), "0");
+        self.node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_veth]);
+        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        netns.ip(&["link", "set", "eth0", "up"]);
+        netns.ip(&["route", "add", plan::POD_GATEWAY, "dev", "eth0", "scope", "link"]);
+        netns.ip(&["route", "add", "default", "via", plan::POD_GATEWAY, "dev", "eth0"]);
+        self.pods.push(Pod {
+            netns,
+            ip: ip.parse().expect("pod address"),
+            host_veth,
+        });
+        index
+    }
+
+    /// kube-proxy's part: DNAT `vip:port` (TCP and UDP) to `backend:port`, for forwarded and
+    /// node-originated traffic.
+    pub fn add_service(&self, vip: &str, port: u16, backend: &str) {
+        let port = port.to_string();
+        for chain in ["PREROUTING", "OUTPUT"] {
+            for protocol in ["tcp", "udp"] {
+                self.node.exec(
+                    "iptables",
+                    &[
+                        "-t", "nat", "-A", chain, "-d", vip, "-p", protocol, "--dport", &port, "-j",
+                        "DNAT", "--to-destination", &format!("{backend}:{port}"),
+                    ],
+                );
+            }
+        }
+    }
+}
