@@ -15,8 +15,9 @@ use agent_common::{
     endpoint::{Endpoint, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
     policy::{DIR_EGRESS, DIR_INGRESS, PREFIX_ANY_PROTO, PREFIX_FULL, PolicyKey},
 };
-use netpol_agent::backend::ebpf::{
-    AttachMode, BPFFS, Datapath, InterfaceRole, LoadOptions, MapSizes, ensure_bpffs,
+use netpol_agent::backend::{
+    InterfaceRole,
+    ebpf::{AttachMode, BPFFS, Datapath, LoadOptions, MapSizes, ensure_bpffs},
 };
 use netpol_tests::{
     netns::{SimulatedNode, plan},
@@ -70,14 +71,31 @@ fn program_maps(datapath: &mut Datapath) {
         ingress_set: SET_A_IN,
         egress_set: SET_A_OUT,
     };
-    datapath.insert_endpoint(Addr::from(ip(POD_A)), endpoint).expect("endpoint");
-    datapath.insert_prefix(Addr::from(ip(POD_B)), 32, CLASS_B).expect("prefix");
-    datapath.insert_prefix(Addr::from(ip("198.51.100.0")), 24, CLASS_INTERNET).expect("prefix");
-    datapath.insert_service_range(Addr::from(ip("10.96.0.0")), 16).expect("service range");
+    datapath
+        .insert_endpoint(Addr::from(ip(POD_A)), endpoint)
+        .expect("endpoint");
+    datapath
+        .insert_prefix(Addr::from(ip(POD_B)), 32, CLASS_B)
+        .expect("prefix");
+    datapath
+        .insert_prefix(Addr::from(ip("198.51.100.0")), 24, CLASS_INTERNET)
+        .expect("prefix");
+    datapath
+        .insert_service_range(Addr::from(ip("10.96.0.0")), 16)
+        .expect("service range");
     for (len, key) in [
-        (PREFIX_FULL, PolicyKey::new(SET_A_IN, CLASS_B, DIR_INGRESS, 6, 80)),
-        (PREFIX_FULL, PolicyKey::new(SET_A_IN, CLASS_B, DIR_INGRESS, 17, 81)),
-        (PREFIX_ANY_PROTO, PolicyKey::new(SET_A_OUT, CLASS_INTERNET, DIR_EGRESS, 0, 0)),
+        (
+            PREFIX_FULL,
+            PolicyKey::new(SET_A_IN, CLASS_B, DIR_INGRESS, 6, 80),
+        ),
+        (
+            PREFIX_FULL,
+            PolicyKey::new(SET_A_IN, CLASS_B, DIR_INGRESS, 17, 81),
+        ),
+        (
+            PREFIX_ANY_PROTO,
+            PolicyKey::new(SET_A_OUT, CLASS_INTERNET, DIR_EGRESS, 0, 0),
+        ),
     ] {
         datapath.insert_policy(len, key, 1).expect("policy");
     }
@@ -103,9 +121,13 @@ fn real_traffic(mode: AttachMode) {
     let pod_veths: Vec<String> = node.pods.iter().map(|pod| pod.host_veth.clone()).collect();
     node.node.run(|| {
         for veth in &pod_veths {
-            datapath.attach(veth, InterfaceRole::Pod).expect("attach pod veth");
+            datapath
+                .attach(veth, InterfaceRole::Pod)
+                .expect("attach pod veth");
         }
-        datapath.attach(plan::UPLINK, InterfaceRole::Uplink).expect("attach uplink");
+        datapath
+            .attach(plan::UPLINK, InterfaceRole::Uplink)
+            .expect("attach uplink");
     });
 
     let _servers: Vec<_> = [
@@ -116,23 +138,48 @@ fn real_traffic(mode: AttachMode) {
     ]
     .into_iter()
     .collect();
-    let (pod_a, pod_b, pod_c) = (&node.pods[a].netns, &node.pods[b].netns, &node.pods[c].netns);
+    let (pod_a, pod_b, pod_c) = (
+        &node.pods[a].netns,
+        &node.pods[b].netns,
+        &node.pods[c].netns,
+    );
 
     // Ingress of A.
     assert!(pod_b.tcp_probe(ip(POD_A), 80), "B may open TCP/80 to A");
     assert!(!pod_c.tcp_probe(ip(POD_A), 80), "C may not");
-    assert!(pod_b.udp_probe(ip(POD_A), 81), "B may send UDP/81 to A, and the answer returns");
+    assert!(
+        pod_b.udp_probe(ip(POD_A), 81),
+        "B may send UDP/81 to A, and the answer returns"
+    );
     assert!(!pod_b.udp_probe(ip(POD_A), 80), "UDP/80 is not TCP/80");
     assert!(!node.ext.tcp_probe(ip(POD_A), 80), "a remote pod may not");
     // Egress of A: the internet only; replies return although A's ingress does not allow it.
-    assert!(pod_a.tcp_probe(ip(INTERNET), 80), "A may reach the internet");
-    assert!(!pod_a.tcp_probe(ip(POD_B), 80), "A may not open connections to B");
+    assert!(
+        pod_a.tcp_probe(ip(INTERNET), 80),
+        "A may reach the internet"
+    );
+    assert!(
+        !pod_a.tcp_probe(ip(POD_B), 80),
+        "A may not open connections to B"
+    );
     assert!(!pod_a.tcp_probe(ip(REMOTE_POD), 80), "nor to a remote pod");
     // Services: decided on the backend after DNAT.
-    assert!(pod_b.tcp_probe(ip(VIP_A), 80), "B reaches A through its Service");
-    assert!(!pod_c.tcp_probe(ip(VIP_A), 80), "C does not, through the Service either");
-    assert!(pod_a.tcp_probe(ip(VIP_INTERNET), 80), "A reaches a Service backed by the internet");
-    assert!(!pod_a.tcp_probe(ip(VIP_B), 80), "A does not reach a Service backed by B");
+    assert!(
+        pod_b.tcp_probe(ip(VIP_A), 80),
+        "B reaches A through its Service"
+    );
+    assert!(
+        !pod_c.tcp_probe(ip(VIP_A), 80),
+        "C does not, through the Service either"
+    );
+    assert!(
+        pod_a.tcp_probe(ip(VIP_INTERNET), 80),
+        "A reaches a Service backed by the internet"
+    );
+    assert!(
+        !pod_a.tcp_probe(ip(VIP_B), 80),
+        "A does not reach a Service backed by B"
+    );
     // Unselected pods are untouched.
     assert!(pod_c.tcp_probe(ip(POD_B), 80), "C reaches B");
     assert!(pod_b.tcp_probe(ip(INTERNET), 80), "B reaches the internet");

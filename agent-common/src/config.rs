@@ -27,8 +27,16 @@ pub struct Config {
     pub udp_timeout_ms: u32,
     /// ICMP echo and protocols without ports.
     pub other_timeout_ms: u32,
+    /// Userspace only: which id generation the set and class ids in the maps belong to (see
+    /// `GENERATION_BIT`). The programs ignore it.
+    pub generation: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 28);
+
+/// The bit of set and class ids that tells the two id generations apart. A restarting agent
+/// writes its state with the other generation's ids, so entries of the old and the new agent
+/// never share an id while both are in the maps, and only then removes the old ones.
+pub const GENERATION_BIT: u32 = 1 << 31;
 
 /// Timeouts used where the config says 0, in milliseconds.
 pub mod defaults {

@@ -91,6 +91,20 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on a thread of its own inside this namespace, for work that must outlive the
+    /// caller's scope (a process whose parent-death signal is tied to the thread that started
+    /// it, say).
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> JoinHandle<R> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+
     /// A TCP and UDP server on `port` inside this namespace that answers every connection or
     /// datagram with `reply`. Stops when the returned guard drops.
     pub fn serve(&self, port: u16, reply: &'static str) -> Server {
@@ -127,13 +141,88 @@ impl Netns {
         }
     }
 
+    /// A TCP echo server on `port` (for [`Stream`]): every connection gets a thread that echoes
+    /// until the peer closes. Stops accepting when the guard drops.
+    pub fn serve_echo(&self, port: u16) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{}", self.name);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                enter(&path);
+                let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind echo server");
+                listener
+                    .set_nonblocking(true)
+                    .expect("nonblocking listener");
+                ready_tx.send(()).expect("signal readiness");
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                            std::thread::spawn(move || {
+                                let mut buf = [0u8; 64];
+                                while let Ok(n) = stream.read(&mut buf) {
+                                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("echo server started");
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Whether a TCP connection to `dst:port` from inside this namespace is answered.
     pub fn tcp_probe(&self, dst: IpAddr, port: u16) -> bool {
+        self.tcp_probe_within(dst, port, PROBE_TIMEOUT)
+    }
+
+    /// [`Netns::tcp_probe`] with another timeout (latency measurements probe often).
+    pub fn tcp_probe_within(&self, dst: IpAddr, port: u16, timeout: Duration) -> bool {
         self.run(|| {
-            let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), PROBE_TIMEOUT)
+            let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), timeout)
             else {
                 return false;
             };
+            let _ = stream.set_read_timeout(Some(timeout));
+            let mut answer = [0u8; 16];
+            matches!(stream.read(&mut answer), Ok(n) if n > 0)
+        })
+    }
+
+    /// Like [`Netns::tcp_probe`], from the local address `src` (a namespace holding several
+    /// addresses, such as `ext` playing many outside hosts).
+    pub fn tcp_probe_from(&self, src: IpAddr, dst: IpAddr, port: u16) -> bool {
+        self.run(|| {
+            let domain = match dst {
+                IpAddr::V4(_) => socket2::Domain::IPV4,
+                IpAddr::V6(_) => socket2::Domain::IPV6,
+            };
+            let Ok(socket) = socket2::Socket::new(domain, socket2::Type::STREAM, None) else {
+                return false;
+            };
+            if socket.bind(&SocketAddr::new(src, 0).into()).is_err() {
+                return false;
+            }
+            if socket
+                .connect_timeout(&SocketAddr::new(dst, port).into(), PROBE_TIMEOUT)
+                .is_err()
+            {
+                return false;
+            }
+            let mut stream: TcpStream = socket.into();
             let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
             let mut answer = [0u8; 16];
             matches!(stream.read(&mut answer), Ok(n) if n > 0)
@@ -151,7 +240,10 @@ impl Netns {
                 return false;
             };
             let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
-            if socket.send_to(b"probe", SocketAddr::new(dst, port)).is_err() {
+            if socket
+                .send_to(b"probe", SocketAddr::new(dst, port))
+                .is_err()
+            {
                 return false;
             }
             let mut answer = [0u8; 16];
@@ -168,9 +260,77 @@ impl Netns {
     }
 }
 
+/// A TCP connection kept open from inside a namespace, exchanging a byte every
+/// [`Stream::INTERVAL`] with an echo server and counting the exchanges that failed.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Stream {
+    pub const INTERVAL: Duration = Duration::from_millis(50);
+
+    /// Opens the connection (panics if it cannot) and starts exchanging.
+    pub fn open(netns: &Netns, dst: IpAddr, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{}", netns.name());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                enter(&path);
+                let mut stream =
+                    TcpStream::connect_timeout(&SocketAddr::new(dst, port), PROBE_TIMEOUT)
+                        .expect("the stream connects");
+                stream
+                    .set_read_timeout(Some(PROBE_TIMEOUT))
+                    .expect("read timeout");
+                ready_tx.send(()).expect("signal readiness");
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut byte = [0u8; 1];
+                while !stop.load(Ordering::Relaxed) {
+                    let exchanged =
+                        stream.write_all(b"x").is_ok() && matches!(stream.read(&mut byte), Ok(1));
+                    if exchanged {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
+                    std::thread::sleep(Self::INTERVAL);
+                }
+                (ok, failed)
+            })
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("stream opened");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns (exchanges that worked, exchanges that failed).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or((0, u64::MAX))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -231,11 +391,34 @@ impl SimulatedNode {
         let ext = Netns::new("ext");
         node.sysctl("net.ipv4.ip_forward", "1");
         ext.sysctl("net.ipv4.ip_forward", "1");
-        node.ip(&["link", "add", plan::UPLINK, "type", "veth", "peer", "name", "ext0", "netns", ext.name()]);
-        node.ip(&["addr", "add", &format!("{}/24", plan::NODE_UPLINK), "dev", plan::UPLINK]);
+        node.ip(&[
+            "link",
+            "add",
+            plan::UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ext0",
+            "netns",
+            ext.name(),
+        ]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", plan::NODE_UPLINK),
+            "dev",
+            plan::UPLINK,
+        ]);
         node.ip(&["link", "set", plan::UPLINK, "up"]);
         node.ip(&["route", "add", "default", "via", plan::EXT_UPLINK]);
-        ext.ip(&["addr", "add", &format!("{}/24", plan::EXT_UPLINK), "dev", "ext0"]);
+        ext.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", plan::EXT_UPLINK),
+            "dev",
+            "ext0",
+        ]);
         ext.ip(&["link", "set", "ext0", "up"]);
         ext.ip(&["route", "add", local_pod_cidr, "via", plan::NODE_UPLINK]);
         for address in ext_addresses {
@@ -254,17 +437,47 @@ impl SimulatedNode {
         let netns = Netns::new(&format!("pod{index}"));
         // Terway names host-side veths `cali` + 11 hex characters.
         let host_veth = format!("cali{:011x}", 0x5ee_d000_0000u64 + index as u64);
-        self.node.ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns.name()]);
+        self.node.ip(&[
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
         self.node.ip(&["link", "set", &host_veth, "up"]);
-        self.node.sysctl(&format!("net.ipv4.conf.{host_veth}.proxy_arp"), "1");
+        self.node
+            .sysctl(&format!("net.ipv4.conf.{host_veth}.proxy_arp"), "1");
         // Answer the pod's ARP for the gateway at once (the default delays up to 0.8 s,
         // longer than a probe's first try).
-        self.node.sysctl(&format!("net.ipv4.neigh.{host_veth}.proxy_delay"), "0");
-        self.node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_veth]);
+        self.node
+            .sysctl(&format!("net.ipv4.neigh.{host_veth}.proxy_delay"), "0");
+        self.node
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &host_veth]);
         netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         netns.ip(&["link", "set", "eth0", "up"]);
-        netns.ip(&["route", "add", plan::POD_GATEWAY, "dev", "eth0", "scope", "link"]);
-        netns.ip(&["route", "add", "default", "via", plan::POD_GATEWAY, "dev", "eth0"]);
+        netns.ip(&[
+            "route",
+            "add",
+            plan::POD_GATEWAY,
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        netns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            plan::POD_GATEWAY,
+            "dev",
+            "eth0",
+        ]);
         self.pods.push(Pod {
             netns,
             ip: ip.parse().expect("pod address"),
@@ -282,11 +495,97 @@ impl SimulatedNode {
                 self.node.exec(
                     "iptables",
                     &[
-                        "-t", "nat", "-A", chain, "-d", vip, "-p", protocol, "--dport", &port, "-j",
-                        "DNAT", "--to-destination", &format!("{backend}:{port}"),
+                        "-t",
+                        "nat",
+                        "-A",
+                        chain,
+                        "-d",
+                        vip,
+                        "-p",
+                        protocol,
+                        "--dport",
+                        &port,
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        &format!("{backend}:{port}"),
                     ],
                 );
             }
         }
+    }
+}
+
+/// The link-local gateway of IPv6 pods: the host side of every pod veth holds it, as Calico's
+/// `fe80::ecee:eeff:feee:eeee` on each host veth.
+pub const POD_GATEWAY_V6: &str = "fe80::1";
+
+impl SimulatedNode {
+    /// Adds an IPv6-only pod with address `ip` and returns its index: a veth named as in
+    /// [`Self::add_pod`], a /128 route to the pod through it in the node, and in the pod the
+    /// address as /128 with a default route via [`POD_GATEWAY_V6`] on the host side. Turns on
+    /// IPv6 forwarding in the node. Addresses skip duplicate address detection, so they are
+    /// usable at once.
+    pub fn add_pod_v6(&mut self, ip: &str) -> usize {
+        let index = self.pods.len();
+        let netns = Netns::new(&format!("pod{index}"));
+        let host_veth = format!("cali{:011x}", 0x5ee_d000_0000u64 + index as u64);
+        self.node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        self.node.ip(&[
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
+        self.node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{POD_GATEWAY_V6}/64"),
+            "dev",
+            &host_veth,
+            "nodad",
+        ]);
+        self.node.ip(&["link", "set", &host_veth, "up"]);
+        self.node.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{ip}/128"),
+            "dev",
+            &host_veth,
+        ]);
+        netns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        netns.ip(&["link", "set", "eth0", "up"]);
+        netns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            POD_GATEWAY_V6,
+            "dev",
+            "eth0",
+        ]);
+        self.pods.push(Pod {
+            netns,
+            ip: ip.parse().expect("pod address"),
+            host_veth,
+        });
+        index
     }
 }

@@ -134,7 +134,15 @@ impl PacketSpec {
 
     /// An ICMP (or ICMPv6) error of `kind` from `src` to `dst` quoting `quoted`'s IP packet.
     pub fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, quoted: &PacketSpec) -> Self {
-        let mut spec = Self::new(src, dst, Transport::Icmp { kind, code: 0, id: 0 });
+        let mut spec = Self::new(
+            src,
+            dst,
+            Transport::Icmp {
+                kind,
+                code: 0,
+                id: 0,
+            },
+        );
         spec.payload = quoted.build()[14..].to_vec();
         spec
     }

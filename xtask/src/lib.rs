@@ -37,3 +37,7 @@ pub fn cache_dir() -> PathBuf {
 pub fn bpf_linker_bin_dir() -> PathBuf {
     cache_dir().join("bpf-linker").join("bin")
 }
+
+/// Tells the tests crate where the kube-apiserver binary is (`tests/src/apiserver.rs`).
+/// `cargo xtask test` builds or reuses it (`cargo xtask kube-apiserver`) and sets this.
+pub const KUBE_APISERVER_ENV: &str = "NETPOL_KUBE_APISERVER";

@@ -1,10 +1,14 @@
 //! `cargo xtask`: the awkward build steps of the workspace, one module per subcommand.
 
+mod apiserver;
+mod bench;
 mod build_ebpf;
 mod check_ebpf;
+mod demo;
 mod exec;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,8 +28,16 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Check an eBPF object against the kernel 4.19 contract.
     CheckEbpf(check_ebpf::Options),
+    /// The seed guide's four scenarios on a simulated node, with real traffic (needs root).
+    Demo(demo::Options),
     /// Setup, build, format and lint checks, the object check and every test.
     Test(test::Options),
+    /// Build or reuse the cached kube-apiserver; print its path.
+    KubeApiserver(apiserver::Options),
+    /// Boot Debian kernels (5.10, 6.1, 6.12) under qemu and run the test suites in each.
+    Vm(vm::Options),
+    /// Run a benchmark and print its figures (`cargo xtask bench engine`).
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -33,6 +45,10 @@ fn main() -> Result<()> {
         Command::Setup(options) => setup::run(&options).map(drop),
         Command::BuildEbpf(options) => build_ebpf::run(&options).map(drop),
         Command::CheckEbpf(options) => check_ebpf::run(&options),
+        Command::Demo(options) => demo::run(&options),
         Command::Test(options) => test::run(&options),
+        Command::KubeApiserver(options) => apiserver::run(&options),
+        Command::Vm(options) => vm::run(&options),
+        Command::Bench(options) => bench::run(&options),
     }
 }

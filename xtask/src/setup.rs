@@ -25,6 +25,46 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("ipset", "the iptables backend"),
     ("socat", "test servers and probes"),
+    (
+        "qemu-system-x86",
+        "`cargo xtask vm`: boots the Debian kernels of the matrix (TCG)",
+    ),
+    (
+        "busybox-static",
+        "`cargo xtask vm`: a shell inside the guests' initramfs",
+    ),
+    (
+        "kmod",
+        "`cargo xtask vm`: depmod for the unpacked kernels' module dependencies",
+    ),
+    (
+        "xz-utils",
+        "`cargo xtask vm`: decompressing .ko.xz modules (6.12) for the guests",
+    ),
+    (
+        "zstd",
+        "`cargo xtask vm`: decompressing .ko.zst modules for the guests",
+    ),
+    (
+        "golang-go",
+        "`cargo xtask kube-apiserver`: go 1.19 builds kube-apiserver from Debian's source",
+    ),
+    (
+        "rsync",
+        "`cargo xtask kube-apiserver`: the upstream kubernetes Makefile copies with it",
+    ),
+    (
+        "dpkg-dev",
+        "`cargo xtask kube-apiserver`: dpkg-source unpacks the kubernetes source package",
+    ),
+    (
+        "etcd-server",
+        "the API server tests: etcd is kube-apiserver's storage",
+    ),
+    (
+        "etcd-client",
+        "etcdctl, for looking into a test API server's etcd by hand",
+    ),
 ];
 
 /// The bpf-linker release that builds against the nightly toolchain's LLVM here.

@@ -3,9 +3,9 @@
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
-use xtask::EBPF_OBJECT_ENV;
+use xtask::{EBPF_OBJECT_ENV, KUBE_APISERVER_ENV};
 
-use crate::{build_ebpf, check_ebpf, exec, setup};
+use crate::{apiserver, build_ebpf, check_ebpf, exec, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct Options {}
@@ -28,7 +28,18 @@ pub fn run(_options: &Options) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    exec::run(cargo(root, &object).args(["test", "--workspace", "--", "--test-threads=1"]))?;
+    // The suites that talk to a real API server get the cached kube-apiserver (built from
+    // Debian's source the first time, about 12 minutes).
+    let kube_apiserver = apiserver::ensure_kube_apiserver()?;
+    apiserver::etcd_binary()?;
+    // One thread: the integration suites share kernel state (bpffs, test namespaces).
+    exec::run(
+        cargo(root, &object)
+            .args(["test", "--workspace", "--", "--test-threads=1"])
+            .env(KUBE_APISERVER_ENV, &kube_apiserver),
+    )?;
+    // The test-run suite again, inside the Debian 5.10, 6.1 and 6.12 kernels.
+    vm::run_matrix(&object, &vm::Options::default())?;
     Ok(())
 }
 

@@ -212,8 +212,10 @@ fn run_suites() -> Result<bool> {
         println!("init: running {name}");
         let started = Instant::now();
         // The console is inherited: the suite's output goes straight to the serial port.
+        // `--nocapture`: a test's output and panic appear as they happen, so a guest killed at
+        // its timeout still shows why the test it was running took so long or failed.
         let status = Command::new(suite)
-            .args(["--test-threads=1", "--color=never"])
+            .args(["--test-threads=1", "--nocapture", "--color=never"])
             .env_clear()
             .env("PATH", "/bin")
             .env("HOME", "/tmp")

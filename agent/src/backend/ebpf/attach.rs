@@ -70,7 +70,8 @@ pub(super) fn attach(
         AttachMode::Netlink => {
             match tc::qdisc_add_clsact(iface) {
                 Ok(()) | Err(TcError::AlreadyAttached) => {}
-                Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
+                }
                 Err(error) => return Err(attach_error(error.into())),
             }
             let options = TcAttachOptions::Netlink(NlOptions {
@@ -167,10 +168,10 @@ pub(super) fn detach(
             let pin = links_dir.join(link_pin_name(iface, hook)?);
             match PinnedLink::from_pin(&pin) {
                 // Unpinning and dropping the last reference detaches the link.
-                Ok(pinned) => pinned.unpin().map(drop).map_err(|source| EbpfError::Pin {
-                    path: pin,
-                    source,
-                }),
+                Ok(pinned) => pinned
+                    .unpin()
+                    .map(drop)
+                    .map_err(|source| EbpfError::Pin { path: pin, source }),
                 Err(_) => Ok(()),
             }
         }
@@ -205,7 +206,10 @@ fn is_exists(error: &aya::programs::ProgramError) -> bool {
 }
 
 fn is_missing(error: &aya::programs::ProgramError) -> bool {
-    matches!(error_code(error), Some(libc::ENOENT | libc::ENODEV | libc::EINVAL))
+    matches!(
+        error_code(error),
+        Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+    )
 }
 
 /// The errno inside a netlink or I/O error of a tc operation.

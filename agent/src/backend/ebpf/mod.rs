@@ -4,17 +4,22 @@
 //! What each map holds is defined in `agent-common`; this module only moves values in and out.
 
 mod attach;
+mod backend;
 
 use std::path::{Path, PathBuf};
 
 pub use attach::{AttachMode, NETLINK_HANDLE, NETLINK_PRIORITY};
+
+pub use backend::EbpfBackend;
+
+use crate::backend::InterfaceRole;
 
 use agent_common::{
     addr::Addr,
     config::{self, Config},
     conntrack::{self, CtEntry, CtKey},
     endpoint::{self, Endpoint},
-    fragments,
+    fragments::{self, FragEntry, FragKey},
     ipcache::{self, PeerClass},
     metrics::{self, Counter, DropReason},
     policy::{self, PolicyKey, PolicyValue},
@@ -22,7 +27,7 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 
@@ -52,36 +57,25 @@ const PINNED_MAPS: [&str; 9] = [
     metrics::RULE_HITS_MAP_NAME,
 ];
 
-/// What an interface is to the datapath.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InterfaceRole {
-    /// The host side of a pod's veth: `netpol_from_pod` at tc ingress, `netpol_to_pod` at tc
-    /// egress.
-    Pod,
-    /// An uplink: `netpol_to_uplink` at tc egress.
-    Uplink,
-}
-
-impl InterfaceRole {
-    fn hooks(self) -> &'static [attach::Hook] {
-        const POD: [attach::Hook; 2] = [
-            attach::Hook {
-                program: PROG_FROM_POD,
-                attach_type: TcAttachType::Ingress,
-            },
-            attach::Hook {
-                program: PROG_TO_POD,
-                attach_type: TcAttachType::Egress,
-            },
-        ];
-        const UPLINK: [attach::Hook; 1] = [attach::Hook {
-            program: PROG_TO_UPLINK,
+/// The programs of an interface role and where they go.
+fn hooks(role: InterfaceRole) -> &'static [attach::Hook] {
+    const POD: [attach::Hook; 2] = [
+        attach::Hook {
+            program: PROG_FROM_POD,
+            attach_type: TcAttachType::Ingress,
+        },
+        attach::Hook {
+            program: PROG_TO_POD,
             attach_type: TcAttachType::Egress,
-        }];
-        match self {
-            Self::Pod => &POD,
-            Self::Uplink => &UPLINK,
-        }
+        },
+    ];
+    const UPLINK: [attach::Hook; 1] = [attach::Hook {
+        program: PROG_TO_UPLINK,
+        attach_type: TcAttachType::Egress,
+    }];
+    match role {
+        InterfaceRole::Pod => &POD,
+        InterfaceRole::Uplink => &UPLINK,
     }
 }
 
@@ -131,6 +125,8 @@ pub enum EbpfError {
         #[source]
         source: MapError,
     },
+    #[error("map {name} is full ({capacity} entries): raise its size in the agent configuration")]
+    MapFull { name: &'static str, capacity: u32 },
     #[error("map {name}: {operation} failed")]
     MapUpdate {
         name: &'static str,
@@ -193,6 +189,7 @@ impl Default for LoadOptions {
 /// The loaded object with typed handles on its maps.
 pub struct Datapath {
     ebpf: Ebpf,
+    sizes: MapSizes,
     attach_mode: AttachMode,
     pin_dir: Option<PathBuf>,
     endpoints: HashMap<MapData, Addr, Endpoint>,
@@ -200,6 +197,7 @@ pub struct Datapath {
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     services: LpmTrie<MapData, Addr, ServiceRange>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    fragments: HashMap<MapData, FragKey, FragEntry>,
     config: Array<MapData, Config>,
     drops: PerCpuArray<MapData, Counter>,
     rule_hits: PerCpuArray<MapData, Counter>,
@@ -269,10 +267,12 @@ impl Datapath {
             policy: take_map(&mut ebpf, policy::MAP_NAME)?,
             services: take_map(&mut ebpf, services::MAP_NAME)?,
             conntrack: take_map(&mut ebpf, conntrack::MAP_NAME)?,
+            fragments: take_map(&mut ebpf, fragments::MAP_NAME)?,
             config: take_map(&mut ebpf, config::MAP_NAME)?,
             drops: take_map(&mut ebpf, metrics::DROPS_MAP_NAME)?,
             rule_hits: take_map(&mut ebpf, metrics::RULE_HITS_MAP_NAME)?,
             ebpf,
+            sizes: *sizes,
             attach_mode: *attach_mode,
             pin_dir: pin_dir.clone(),
         })
@@ -282,7 +282,7 @@ impl Datapath {
     /// They stay attached when this process exits.
     pub fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), EbpfError> {
         let links_dir = self.links_dir();
-        for hook in role.hooks() {
+        for hook in hooks(role) {
             let mode = self.attach_mode;
             let program = self.program(hook.program)?;
             attach::attach(program, iface, *hook, mode, &links_dir)?;
@@ -293,7 +293,7 @@ impl Datapath {
     /// Removes our programs of `role` from `iface`; filters of others are not touched.
     pub fn detach(&self, iface: &str, role: InterfaceRole) -> Result<(), EbpfError> {
         let links_dir = self.links_dir();
-        for hook in role.hooks() {
+        for hook in hooks(role) {
             attach::detach(iface, *hook, self.attach_mode, &links_dir)?;
         }
         Ok(())
@@ -320,23 +320,24 @@ impl Datapath {
     }
 
     pub fn insert_endpoint(&mut self, addr: Addr, endpoint: Endpoint) -> Result<(), EbpfError> {
+        let capacity = self.sizes.endpoints;
         self.endpoints
             .insert(addr, endpoint, 0)
-            .map_err(update_error(endpoint::MAP_NAME, "insert"))
+            .map_err(insert_error(endpoint::MAP_NAME, capacity))
     }
 
     pub fn remove_endpoint(&mut self, addr: &Addr) -> Result<(), EbpfError> {
-        self.endpoints
-            .remove(addr)
+        tolerate_missing(self.endpoints.remove(addr))
             .map_err(update_error(endpoint::MAP_NAME, "remove"))
     }
 
-    /// Maps the prefix `addr/len` (address bits, without the family byte) to `class`.
+    /// Maps the prefix `addr/len` (address bits, without the family word) to `class`.
     pub fn insert_prefix(&mut self, addr: Addr, len: u32, class: u32) -> Result<(), EbpfError> {
         let key = Key::new(ipcache::lpm_prefix_len(len), addr);
+        let capacity = self.sizes.ipcache;
         self.ipcache
             .insert(&key, PeerClass { id: class }, 0)
-            .map_err(update_error(ipcache::MAP_NAME, "insert"))
+            .map_err(insert_error(ipcache::MAP_NAME, capacity))
     }
 
     /// Adds an allow entry; `prefix_len` counts bits of the key data (see
@@ -348,9 +349,21 @@ impl Datapath {
         rule: u32,
     ) -> Result<(), EbpfError> {
         let key = Key::new(prefix_len, key);
+        let capacity = self.sizes.policy;
         self.policy
             .insert(&key, PolicyValue { rule }, 0)
-            .map_err(update_error(policy::MAP_NAME, "insert"))
+            .map_err(insert_error(policy::MAP_NAME, capacity))
+    }
+
+    /// Zeroes the counters of `rule` (a retired id may be handed out again).
+    pub fn reset_rule_hits(&mut self, rule: u32) -> Result<(), EbpfError> {
+        if rule >= self.sizes.rules {
+            return Ok(());
+        }
+        let zeros = self.zeroed_counters(metrics::RULE_HITS_MAP_NAME)?;
+        self.rule_hits
+            .set(rule, zeros, 0)
+            .map_err(update_error(metrics::RULE_HITS_MAP_NAME, "reset"))
     }
 
     /// Marks `addr/len` as a Service range: egress to it is decided after DNAT.
@@ -359,6 +372,142 @@ impl Datapath {
         self.services
             .insert(&key, ServiceRange { flags: 0 }, 0)
             .map_err(update_error(services::MAP_NAME, "insert"))
+    }
+
+    pub fn remove_prefix(&mut self, addr: Addr, len: u32) -> Result<(), EbpfError> {
+        let key = Key::new(ipcache::lpm_prefix_len(len), addr);
+        tolerate_missing(self.ipcache.remove(&key))
+            .map_err(update_error(ipcache::MAP_NAME, "remove"))
+    }
+
+    pub fn remove_policy(&mut self, prefix_len: u32, key: PolicyKey) -> Result<(), EbpfError> {
+        let key = Key::new(prefix_len, key);
+        tolerate_missing(self.policy.remove(&key)).map_err(update_error(policy::MAP_NAME, "remove"))
+    }
+
+    pub fn remove_service_range(&mut self, addr: Addr, len: u32) -> Result<(), EbpfError> {
+        let key = Key::new(ipcache::lpm_prefix_len(len), addr);
+        tolerate_missing(self.services.remove(&key))
+            .map_err(update_error(services::MAP_NAME, "remove"))
+    }
+
+    /// Every endpoint in the map.
+    pub fn endpoints(&self) -> Result<Vec<(Addr, Endpoint)>, EbpfError> {
+        self.endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(update_error(endpoint::MAP_NAME, "read"))
+    }
+
+    /// Every ipcache entry: (address, prefix length in address bits, class).
+    pub fn prefixes(&self) -> Result<Vec<(Addr, u32, u32)>, EbpfError> {
+        self.ipcache
+            .iter()
+            .map(|entry| {
+                entry.map(|(key, class)| {
+                    (
+                        key.data(),
+                        key.prefix_len().saturating_sub(Addr::FAMILY_BITS),
+                        class.id,
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(update_error(ipcache::MAP_NAME, "read"))
+    }
+
+    /// Every allow entry: (prefix length, key, rule).
+    pub fn policies(&self) -> Result<Vec<(u32, PolicyKey, u32)>, EbpfError> {
+        self.policy
+            .iter()
+            .map(|entry| entry.map(|(key, value)| (key.prefix_len(), key.data(), value.rule)))
+            .collect::<Result<_, _>>()
+            .map_err(update_error(policy::MAP_NAME, "read"))
+    }
+
+    /// Every Service range: (address, prefix length in address bits).
+    pub fn service_ranges(&self) -> Result<Vec<(Addr, u32)>, EbpfError> {
+        self.services
+            .iter()
+            .map(|entry| {
+                entry.map(|(key, _)| {
+                    (
+                        key.data(),
+                        key.prefix_len().saturating_sub(Addr::FAMILY_BITS),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(update_error(services::MAP_NAME, "read"))
+    }
+
+    /// The node-wide configuration.
+    pub fn config(&self) -> Result<Config, EbpfError> {
+        self.config
+            .get(&0, 0)
+            .map_err(update_error(config::MAP_NAME, "read"))
+    }
+
+    /// The capacities the maps were created with.
+    pub fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
+    /// Empties the policy state and the connection and fragment tables, resets the config and
+    /// the drop counters (a reset without reloading: test suites share one loaded datapath).
+    pub fn clear(&mut self) -> Result<(), EbpfError> {
+        for (addr, _) in self.endpoints()? {
+            self.remove_endpoint(&addr)?;
+        }
+        for (addr, len, _) in self.prefixes()? {
+            self.remove_prefix(addr, len)?;
+        }
+        for (prefix_len, key, _) in self.policies()? {
+            self.remove_policy(prefix_len, key)?;
+        }
+        for (addr, len) in self.service_ranges()? {
+            self.remove_service_range(addr, len)?;
+        }
+        let connections: Vec<CtKey> = self
+            .conntrack
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(update_error(conntrack::MAP_NAME, "read"))?;
+        for key in connections {
+            tolerate_missing(self.conntrack.remove(&key))
+                .map_err(update_error(conntrack::MAP_NAME, "remove"))?;
+        }
+        let datagrams: Vec<FragKey> = self
+            .fragments
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(update_error(fragments::MAP_NAME, "read"))?;
+        for key in datagrams {
+            tolerate_missing(self.fragments.remove(&key))
+                .map_err(update_error(fragments::MAP_NAME, "remove"))?;
+        }
+        self.set_config(Config::default())?;
+        for index in 0..metrics::DROPS_ENTRIES {
+            let zeros = self.zeroed_counters(metrics::DROPS_MAP_NAME)?;
+            self.drops
+                .set(index, zeros, 0)
+                .map_err(update_error(metrics::DROPS_MAP_NAME, "reset"))?;
+        }
+        Ok(())
+    }
+
+    fn zeroed_counters(&self, name: &'static str) -> Result<PerCpuValues<Counter>, EbpfError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| EbpfError::Pin {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source,
+        })?;
+        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+            EbpfError::MapUpdate {
+                name,
+                operation: "reset",
+                source: MapError::from(source),
+            }
+        })
     }
 
     /// The tracked connection `key`, if any.
@@ -400,10 +549,12 @@ impl Datapath {
 }
 
 fn sum_cpus(per_cpu: &[Counter]) -> Counter {
-    per_cpu.iter().fold(Counter::default(), |sum, cell| Counter {
-        packets: sum.packets + cell.packets,
-        bytes: sum.bytes + cell.bytes,
-    })
+    per_cpu
+        .iter()
+        .fold(Counter::default(), |sum, cell| Counter {
+            packets: sum.packets + cell.packets,
+            bytes: sum.bytes + cell.bytes,
+        })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
@@ -414,12 +565,59 @@ where
     T::try_from(map).map_err(|source| EbpfError::MapType { name, source })
 }
 
+/// Removing what is not there is done.
+fn tolerate_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// A failed insert: "full" when the kernel says so (E2BIG for hash maps, ENOSPC for LPM tries).
+fn insert_error(name: &'static str, capacity: u32) -> impl FnOnce(MapError) -> EbpfError {
+    move |source| match &source {
+        MapError::SyscallError(error)
+            if matches!(
+                error.io_error.raw_os_error(),
+                Some(libc::E2BIG | libc::ENOSPC)
+            ) =>
+        {
+            EbpfError::MapFull { name, capacity }
+        }
+        _ => EbpfError::MapUpdate {
+            name,
+            operation: "insert",
+            source,
+        },
+    }
+}
+
 fn update_error(name: &'static str, operation: &'static str) -> impl FnOnce(MapError) -> EbpfError {
     move |source| EbpfError::MapUpdate {
         name,
         operation,
         source,
     }
+}
+
+/// Removes our programs of `role` from `iface` for attach `mode`, without a loaded datapath
+/// (`netpol-agent cleanup`). Others' filters are never touched.
+pub fn detach_interface(
+    iface: &str,
+    role: InterfaceRole,
+    mode: AttachMode,
+    pin_dir: &Path,
+) -> Result<(), EbpfError> {
+    let links_dir = pin_dir.join("links");
+    for hook in hooks(role) {
+        attach::detach(iface, *hook, mode, &links_dir)?;
+    }
+    Ok(())
 }
 
 /// Where bpffs is mounted on every distribution we know.
@@ -441,8 +639,12 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), EbpfError> {
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(pin_error(std::io::Error::last_os_error()));
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64, not everywhere")]
-    if stat.f_type as i64 == BPF_FS_MAGIC {
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on x86_64 but narrower on other targets"
+    )]
+    let f_type = i64::from(stat.f_type);
+    if f_type == BPF_FS_MAGIC {
         return Ok(());
     }
     let fs_type = c"bpf";
@@ -463,16 +665,23 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), EbpfError> {
     Ok(())
 }
 
-/// Kernels before 5.11 charge map memory to RLIMIT_MEMLOCK. Raising the soft limit to the hard
-/// one is all an unprivileged raise can do; a map that still does not fit fails with an error
-/// naming it.
+/// Kernels before 5.11 charge map memory to RLIMIT_MEMLOCK. Root may lift the limit; where
+/// even that is refused (some containers cap the hard limit), the soft limit is raised to the
+/// hard one, and a map that still does not fit fails with an error naming it.
 fn raise_memlock_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    // SAFETY: setrlimit/getrlimit only read and write the structs passed in.
     unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
         {
             limit.rlim_cur = limit.rlim_max;

@@ -1,0 +1,415 @@
+//! The `netpol-agent` command line: raw flags ([`Cli`]) are validated into a [`RunConfig`]
+//! before anything starts; `main.rs` only prints the error chain.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{is_map_supported, is_program_supported},
+    util::KernelVersion,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    backend::{
+        InterfaceRole,
+        ebpf::{AttachMode, BPFFS, Datapath, EbpfBackend, LoadOptions, MapSizes, ensure_bpffs},
+    },
+    discovery,
+    metrics::{self, Metrics},
+    model::Cidr,
+    runtime::{Runtime, RuntimeConfig},
+    source::{self, ObjectKind},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netpol-agent",
+    version,
+    about = "eBPF NetworkPolicy agent for one Kubernetes node"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch the cluster and enforce NetworkPolicy on this node.
+    Run(RunArgs),
+    /// Remove every program, filter, link and pinned map the agent installed.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// This node's name (spec.nodeName of its pods).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Read objects from YAML files in this directory instead of an API server.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub objects_dir: Option<PathBuf>,
+    /// Kubeconfig to reach the API server (default: in-cluster config, then ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Enforcement backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, default_value = "127.0.0.1:9990")]
+    pub listen: SocketAddr,
+    /// Service ClusterIP ranges (repeatable): egress to them is decided after kube-proxy's DNAT.
+    #[arg(long = "service-cidr", default_value = "10.96.0.0/12")]
+    pub service_cidrs: Vec<String>,
+    /// Uplink interfaces (repeatable); default: those holding the default routes.
+    #[arg(long = "uplink")]
+    pub uplinks: Vec<String>,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, default_value = agent_common::PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Attach with tc netlink (clsact) even where tcx is available.
+    #[arg(long)]
+    pub legacy_tc: bool,
+    /// Pretend the kernel is this version when choosing the backend (tests).
+    #[arg(long, hide = true)]
+    pub assume_kernel: Option<String>,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SizeArgs {
+    /// Capacity of the endpoints map (local pod addresses).
+    #[arg(long, default_value_t = MapSizes::default().endpoints)]
+    pub max_endpoints: u32,
+    /// Capacity of the address-prefix map.
+    #[arg(long, default_value_t = MapSizes::default().ipcache)]
+    pub max_prefixes: u32,
+    /// Capacity of the policy map.
+    #[arg(long, default_value_t = MapSizes::default().policy)]
+    pub max_policy_entries: u32,
+    /// Capacity of the connection-tracking map.
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    pub max_connections: u32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CleanupArgs {
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, default_value = agent_common::PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// eBPF on 4.19+ when the feature probe passes, iptables otherwise.
+    Auto,
+    Ebpf,
+    Iptables,
+}
+
+/// Where objects come from.
+#[derive(Clone, Debug)]
+pub enum SourceChoice {
+    ObjectsDir(PathBuf),
+    Kube(Option<PathBuf>),
+}
+
+/// Validated settings of `run`.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub node_name: String,
+    pub source: SourceChoice,
+    pub backend: BackendChoice,
+    pub listen: SocketAddr,
+    pub service_ranges: Vec<(IpAddr, u8)>,
+    pub uplinks: Option<Vec<String>>,
+    pub load: LoadOptions,
+    pub assume_kernel: Option<KernelVersion>,
+}
+
+impl RunArgs {
+    pub fn validate(self) -> Result<RunConfig> {
+        if self.node_name.trim().is_empty() {
+            bail!("--node-name (or NODE_NAME) must not be empty");
+        }
+        let mut service_ranges = Vec::new();
+        for text in &self.service_cidrs {
+            let cidr = Cidr::parse(text)
+                .map_err(|reason| anyhow::anyhow!("--service-cidr {text}: {reason}"))?;
+            service_ranges.push((cidr.addr(), cidr.len()));
+        }
+        let assume_kernel = self
+            .assume_kernel
+            .as_deref()
+            .map(parse_kernel_version)
+            .transpose()?;
+        let SizeArgs {
+            max_endpoints,
+            max_prefixes,
+            max_policy_entries,
+            max_connections,
+        } = self.sizes;
+        let sizes = MapSizes {
+            endpoints: max_endpoints,
+            ipcache: max_prefixes,
+            policy: max_policy_entries,
+            conntrack: max_connections,
+            ..MapSizes::default()
+        };
+        let attach_mode = if self.legacy_tc {
+            AttachMode::Netlink
+        } else {
+            AttachMode::detect()
+        };
+        Ok(RunConfig {
+            node_name: self.node_name,
+            source: match self.objects_dir {
+                Some(dir) => SourceChoice::ObjectsDir(dir),
+                None => SourceChoice::Kube(self.kubeconfig),
+            },
+            backend: self.backend,
+            listen: self.listen,
+            service_ranges,
+            uplinks: (!self.uplinks.is_empty()).then_some(self.uplinks),
+            load: LoadOptions {
+                sizes,
+                pin_dir: Some(self.pin_dir),
+                attach_mode,
+            },
+            assume_kernel,
+        })
+    }
+}
+
+fn parse_kernel_version(text: &str) -> Result<KernelVersion> {
+    let mut parts = text.split('.').map(|part| part.parse::<u16>());
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        bail!("--assume-kernel {text}: expected MAJOR.MINOR[.PATCH]");
+    };
+    let patch = match parts.next() {
+        Some(Ok(patch)) => patch,
+        Some(Err(_)) => bail!("--assume-kernel {text}: bad patch level"),
+        None => 0,
+    };
+    Ok(KernelVersion::new(major as u8, minor as u8, patch))
+}
+
+/// The backend `auto` picks, and why.
+pub fn choose_backend(
+    choice: BackendChoice,
+    assumed: Option<KernelVersion>,
+) -> (BackendChoice, String) {
+    match choice {
+        BackendChoice::Ebpf | BackendChoice::Iptables => {
+            (choice, "requested with --backend".to_owned())
+        }
+        BackendChoice::Auto => {
+            let kernel = assumed.map(Ok).unwrap_or_else(KernelVersion::current);
+            let kernel = match kernel {
+                Ok(kernel) => kernel,
+                Err(error) => {
+                    return (
+                        BackendChoice::Iptables,
+                        format!("kernel version unknown ({error})"),
+                    );
+                }
+            };
+            if kernel < KernelVersion::new(4, 19, 0) {
+                return (
+                    BackendChoice::Iptables,
+                    format!("kernel {kernel} is older than 4.19"),
+                );
+            }
+            let lpm = is_map_supported(MapType::LpmTrie).unwrap_or(false);
+            let sched_cls = is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
+            if !lpm || !sched_cls {
+                return (
+                    BackendChoice::Iptables,
+                    format!(
+                        "feature probe failed (LPM trie maps: {lpm}, sched_cls programs: {sched_cls})"
+                    ),
+                );
+            }
+            (
+                BackendChoice::Ebpf,
+                format!("kernel {kernel}, LPM trie maps and sched_cls programs available"),
+            )
+        }
+    }
+}
+
+/// `netpol-agent run`.
+pub async fn run(config: RunConfig) -> Result<()> {
+    let metrics = Metrics::new();
+    let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
+    tracing::info!(backend = ?backend, reason, "backend chosen");
+    let backend = match backend {
+        BackendChoice::Ebpf | BackendChoice::Auto => {
+            ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
+            let datapath =
+                Datapath::load_with(&config.load).context("loading the eBPF datapath")?;
+            EbpfBackend::new(datapath).context("adopting the pinned datapath state")?
+        }
+        BackendChoice::Iptables => bail!(
+            "the iptables backend is not part of this build yet ({reason}); run on a 4.19+ kernel with --backend ebpf"
+        ),
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    match config.source.clone() {
+        SourceChoice::ObjectsDir(dir) => {
+            tracing::info!(dir = %dir.display(), "reading objects from a directory");
+            tokio::spawn(source::objects_dir::run(dir, events_tx));
+        }
+        SourceChoice::Kube(kubeconfig) => {
+            let client = kube_client(kubeconfig).await?;
+            tokio::spawn(source::kube::run(client, events_tx));
+        }
+    }
+
+    let (interfaces_tx, interfaces_rx) = watch::channel(());
+    let _watcher = discovery::watch(std::time::Duration::from_millis(100), move |_| {
+        interfaces_tx.send_replace(());
+        std::ops::ControlFlow::Continue(())
+    })
+    .context("watching interfaces over netlink")?;
+
+    let server = {
+        let metrics = Arc::clone(&metrics);
+        let mut shutdown = shutdown_rx.clone();
+        let listen = config.listen;
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = metrics::serve(listen, metrics, stop).await {
+                tracing::error!(%listen, %error, "the HTTP endpoint failed");
+            }
+        })
+    };
+
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            node_name: config.node_name.clone(),
+            uplinks: config.uplinks.clone(),
+            service_ranges: config.service_ranges.clone(),
+            kinds: BTreeSet::from([
+                ObjectKind::Namespace,
+                ObjectKind::Pod,
+                ObjectKind::NetworkPolicy,
+                ObjectKind::ConfigMap,
+            ]),
+        },
+        backend,
+        Arc::clone(&metrics),
+    );
+    let runtime = tokio::spawn(runtime.run(events_rx, interfaces_rx, shutdown_rx));
+
+    wait_for_signal().await;
+    tracing::info!("stopping; enforcement stays in place (`netpol-agent cleanup` removes it)");
+    let _ = shutdown_tx.send(true);
+    let _ = runtime.await;
+    let _ = server.await;
+    Ok(())
+}
+
+async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("building the API client")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `netpol-agent cleanup`: detaches our programs from every interface and removes the pins.
+pub fn cleanup(args: CleanupArgs) -> Result<()> {
+    let interfaces = discovery::snapshot().context("listing interfaces")?;
+    let datapath_dir = args.pin_dir;
+    let mut failures = 0;
+    for link in interfaces.links() {
+        for role in [InterfaceRole::Pod, InterfaceRole::Uplink] {
+            for mode in [AttachMode::Netlink, AttachMode::Tcx] {
+                if let Err(error) =
+                    crate::backend::ebpf::detach_interface(&link.name, role, mode, &datapath_dir)
+                {
+                    tracing::warn!(iface = %link.name, %error, "detaching failed");
+                    failures += 1;
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir_all(&datapath_dir) {
+        Ok(()) => tracing::info!(dir = %datapath_dir.display(), "removed pinned maps and links"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("removing {}", datapath_dir.display()));
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} detach operation(s) failed; see the log");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_iptables_below_4_19() {
+        let (backend, reason) =
+            choose_backend(BackendChoice::Auto, Some(KernelVersion::new(4, 14, 0)));
+        assert_eq!(backend, BackendChoice::Iptables);
+        assert!(reason.contains("older than 4.19"), "{reason}");
+    }
+
+    #[test]
+    fn kernel_versions_parse_with_or_without_patch_level() {
+        assert_eq!(
+            parse_kernel_version("4.19").expect("parses"),
+            KernelVersion::new(4, 19, 0)
+        );
+        assert_eq!(
+            parse_kernel_version("5.10.3").expect("parses"),
+            KernelVersion::new(5, 10, 3)
+        );
+        assert!(parse_kernel_version("five").is_err());
+    }
+}

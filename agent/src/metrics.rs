@@ -1,0 +1,365 @@
+//! What the agent reports on `/metrics` (Prometheus text format), and the HTTP endpoints
+//! `/healthz`, `/readyz` and `/metrics`.
+//!
+//! The runtime updates [`Metrics`]; the datapath's counters are read from the backend when
+//! scraped, so they are as fresh as the kernel's.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::backend::{Counters, MapUsage};
+
+/// Upper bounds (seconds) of the change-to-programmed latency histogram.
+const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A histogram with fixed buckets.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Everything `/metrics` shows that the runtime knows (the datapath's counters come from the
+/// backend at scrape time).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ready: AtomicBool,
+    enforcing: AtomicBool,
+    inner: Mutex<Inner>,
+    events_lost: AtomicU64,
+    events_seen: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    backend: &'static str,
+    objects: BTreeMap<&'static str, u64>,
+    rejections: BTreeMap<(&'static str, String), u64>,
+    source_problems: BTreeMap<&'static str, u64>,
+    endpoints: u64,
+    endpoints_without_interface: u64,
+    programming_errors: BTreeMap<&'static str, u64>,
+    latency: Histogram,
+    counters: Counters,
+    usage: Vec<MapUsage>,
+    rule_names: BTreeMap<u32, RuleLabels>,
+}
+
+/// How a rule id is named in metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleLabels {
+    pub policy: String,
+    pub direction: &'static str,
+    pub rule: String,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enforcing(&self, enforcing: bool) {
+        self.enforcing.store(enforcing, Ordering::Relaxed);
+    }
+
+    pub fn is_enforcing(&self) -> bool {
+        self.enforcing.load(Ordering::Relaxed)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A panic while holding the lock cannot leave the counters inconsistent in a way that
+        // matters more than losing metrics: recover the guard.
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut inner)
+    }
+
+    pub fn set_backend(&self, name: &'static str) {
+        self.with(|inner| inner.backend = name);
+    }
+
+    pub fn set_objects(&self, kind: &'static str, count: u64) {
+        self.with(|inner| {
+            inner.objects.insert(kind, count);
+        });
+    }
+
+    pub fn count_rejection(&self, kind: &'static str, reason: &str) {
+        self.with(|inner| {
+            *inner
+                .rejections
+                .entry((kind, reason_class(reason)))
+                .or_default() += 1;
+        });
+    }
+
+    pub fn count_source_problem(&self, reason: &'static str) {
+        self.with(|inner| *inner.source_problems.entry(reason).or_default() += 1);
+    }
+
+    pub fn count_programming_error(&self, what: &'static str) {
+        self.with(|inner| *inner.programming_errors.entry(what).or_default() += 1);
+    }
+
+    pub fn set_endpoints(&self, endpoints: u64, without_interface: u64) {
+        self.with(|inner| {
+            inner.endpoints = endpoints;
+            inner.endpoints_without_interface = without_interface;
+        });
+    }
+
+    pub fn observe_latency(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        self.with(|inner| {
+            let histogram = &mut inner.latency;
+            for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+                if seconds <= bound {
+                    *bucket += 1;
+                }
+            }
+            histogram.count += 1;
+            histogram.sum += seconds;
+        });
+    }
+
+    /// The datapath's counters and map usage, as last read by the runtime.
+    pub fn set_datapath(&self, counters: Counters, usage: Vec<MapUsage>) {
+        self.with(|inner| {
+            inner.counters = counters;
+            inner.usage = usage;
+        });
+    }
+
+    pub fn set_rule_names(&self, names: BTreeMap<u32, RuleLabels>) {
+        self.with(|inner| inner.rule_names = names);
+    }
+
+    pub fn count_events(&self, seen: u64, lost: u64) {
+        self.events_seen.fetch_add(seen, Ordering::Relaxed);
+        self.events_lost.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ready = u8::from(self.is_ready());
+        let enforcing = u8::from(self.is_enforcing());
+        self.with(|inner| {
+            gauge(&mut out, "netpol_ready", "1 once the first full sync is programmed.");
+            let _ = writeln!(out, "netpol_ready {ready}");
+            gauge(&mut out, "netpol_enforcement_enabled", "0 while disable_network_policy is set.");
+            let _ = writeln!(out, "netpol_enforcement_enabled {enforcing}");
+            gauge(&mut out, "netpol_backend_info", "The backend in use.");
+            let _ = writeln!(out, "netpol_backend_info{{backend=\"{}\"}} 1", inner.backend);
+
+            gauge(&mut out, "netpol_objects", "Cluster objects known, by kind.");
+            for (kind, count) in &inner.objects {
+                let _ = writeln!(out, "netpol_objects{{kind=\"{kind}\"}} {count}");
+            }
+            counter(&mut out, "netpol_rejected_objects_total", "Objects or parts rejected, by kind and reason.");
+            for ((kind, reason), count) in &inner.rejections {
+                let _ = writeln!(
+                    out,
+                    "netpol_rejected_objects_total{{kind=\"{kind}\",reason=\"{}\"}} {count}",
+                    escape(reason)
+                );
+            }
+            counter(&mut out, "netpol_source_problems_total", "Unreadable inputs and failed watches, by reason.");
+            for (reason, count) in &inner.source_problems {
+                let _ = writeln!(out, "netpol_source_problems_total{{reason=\"{reason}\"}} {count}");
+            }
+            counter(&mut out, "netpol_programming_errors_total", "Failed backend operations, by operation.");
+            for (what, count) in &inner.programming_errors {
+                let _ = writeln!(out, "netpol_programming_errors_total{{operation=\"{what}\"}} {count}");
+            }
+            gauge(&mut out, "netpol_endpoints", "Local pods enforced on this node.");
+            let _ = writeln!(out, "netpol_endpoints {}", inner.endpoints);
+            gauge(&mut out, "netpol_endpoints_without_interface", "Local pods whose host interface was not found.");
+            let _ = writeln!(out, "netpol_endpoints_without_interface {}", inner.endpoints_without_interface);
+
+            gauge(&mut out, "netpol_map_entries", "Entries per datapath map.");
+            for usage in &inner.usage {
+                let _ = writeln!(out, "netpol_map_entries{{map=\"{}\"}} {}", usage.name, usage.entries);
+            }
+            gauge(&mut out, "netpol_map_capacity", "Capacity per datapath map.");
+            for usage in &inner.usage {
+                let _ = writeln!(out, "netpol_map_capacity{{map=\"{}\"}} {}", usage.name, usage.capacity);
+            }
+
+            counter(&mut out, "netpol_denied_packets_total", "Packets dropped (or audited), by reason and direction.");
+            for ((reason, direction), count) in &inner.counters.drops {
+                let _ = writeln!(
+                    out,
+                    "netpol_denied_packets_total{{reason=\"{reason}\",direction=\"{direction}\"}} {}",
+                    count.packets
+                );
+            }
+            counter(&mut out, "netpol_allowed_packets_total", "Packets allowed, by policy rule and direction.");
+            for (rule, count) in &inner.counters.rules {
+                let labels = inner.rule_names.get(rule);
+                let (policy, direction, name) = labels
+                    .map(|labels| (labels.policy.as_str(), labels.direction, labels.rule.as_str()))
+                    .unwrap_or(("", "", ""));
+                let _ = writeln!(
+                    out,
+                    "netpol_allowed_packets_total{{policy=\"{}\",direction=\"{direction}\",rule=\"{}\",rule_id=\"{rule}\"}} {}",
+                    escape(policy),
+                    escape(name),
+                    count.packets
+                );
+            }
+
+            counter(&mut out, "netpol_events_total", "Drop and audit events read from the datapath.");
+            let _ = writeln!(out, "netpol_events_total {}", self.events_seen.load(Ordering::Relaxed));
+            counter(&mut out, "netpol_events_lost_total", "Events the datapath could not deliver (buffer full).");
+            let _ = writeln!(out, "netpol_events_lost_total {}", self.events_lost.load(Ordering::Relaxed));
+
+            let histogram = &inner.latency;
+            let name = "netpol_change_to_programmed_seconds";
+            let _ = writeln!(out, "# HELP {name} From an object change reaching the agent to the datapath programmed.");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(histogram.buckets) {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+            let _ = writeln!(out, "{name}_sum {}", histogram.sum);
+            let _ = writeln!(out, "{name}_count {}", histogram.count);
+        });
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+fn counter(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A bounded label value for a rejection reason: the text before the first ':' (which names
+/// the field), so that one broken policy does not create a new series per value.
+fn reason_class(reason: &str) -> String {
+    let class = reason.split(':').next().unwrap_or(reason).trim();
+    // Field paths carry indexes (`spec.ingress[0]`): drop them to bound the label set.
+    let mut bounded = String::with_capacity(class.len());
+    let mut in_index = false;
+    for c in class.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if !in_index => bounded.push(c),
+            _ => {}
+        }
+    }
+    bounded
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (mut stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut request = [0u8; 2048];
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
+            let Ok(Ok(length)) = read else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&request[..length]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_owned()),
+                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "not ready: first sync not programmed\n".to_owned(),
+                ),
+                "/metrics" => ("200 OK", metrics.render()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_reasons_become_bounded_labels() {
+        assert_eq!(
+            reason_class("spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR \"10.0.0.0/33\""),
+            "spec.ingress.from.ipBlock.cidr"
+        );
+    }
+
+    #[test]
+    fn the_exposition_names_every_family_once() {
+        let metrics = Metrics::new();
+        metrics.set_backend("fake");
+        metrics.count_rejection(
+            "networkpolicy",
+            "spec.ingress[0].ports[0].port: out of range",
+        );
+        metrics.observe_latency(Duration::from_millis(30));
+        let text = metrics.render();
+        assert!(text.contains("netpol_rejected_objects_total{kind=\"networkpolicy\",reason=\"spec.ingress.ports.port\"} 1"), "{text}");
+        assert!(
+            text.contains("netpol_change_to_programmed_seconds_bucket{le=\"0.05\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_change_to_programmed_seconds_bucket{le=\"0.025\"} 0"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE netpol_objects gauge").count(), 1);
+    }
+}

@@ -1,0 +1,195 @@
+//! Peer classes: addresses that every relevant selector treats alike share a class.
+//!
+//! The signature of an address is the set of relevant peers it matches plus, for every named
+//! port a relevant egress rule uses, the numbers that name resolves to on the pod owning the
+//! address. A trie prefix's signature is that of the addresses whose longest match it is (see
+//! `docs/ARCHITECTURE-engine.md` for why one exists). An empty signature is
+//! [`CLASS_WORLD`]; every other one is interned to a class id from [`CLASS_FIRST_DYNAMIC`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use agent_common::ipcache::{CLASS_FIRST_DYNAMIC, CLASS_WORLD};
+
+use super::{
+    IpPrefix,
+    interner::{Event, Interner},
+    peers::{NamedPort, PeerId},
+};
+
+/// The part of a signature that comes from the pod owning the address (shared by all its
+/// addresses and kept per pod, so ipBlock changes do not recompute it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct PodPart {
+    /// Relevant pod peers the pod matches, sorted.
+    pub(crate) peers: Vec<PeerId>,
+    /// Resolutions of relevant egress named ports on the pod, sorted, non-empty ones only.
+    pub(crate) named: Vec<(NamedPort, Vec<u16>)>,
+}
+
+impl PodPart {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.peers.is_empty() && self.named.is_empty()
+    }
+}
+
+/// What an address is to the node's policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Sig {
+    /// Relevant ipBlock peers the address is in, sorted.
+    pub(crate) blocks: Vec<PeerId>,
+    /// The owning pod's part (empty for an address no pod owns).
+    pub(crate) pod: Arc<PodPart>,
+}
+
+impl Sig {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.pod.is_empty()
+    }
+
+    fn peers(&self) -> BTreeSet<PeerId> {
+        self.blocks.iter().chain(&self.pod.peers).copied().collect()
+    }
+}
+
+/// Something set contents are computed from that a class change can alter.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Dep {
+    /// The classes of a peer.
+    Peer(PeerId),
+    /// The classes (and their numbers) a named port resolves in.
+    Named(NamedPort),
+}
+
+/// What changed for set computation: each dependency with the classes it changed for.
+pub(crate) type Touched = BTreeMap<Dep, BTreeSet<u32>>;
+
+/// Interned classes with the reverse indexes set computation reads.
+#[derive(Debug)]
+pub(crate) struct ClassTable {
+    interner: Interner<Sig>,
+    peer_classes: BTreeMap<PeerId, BTreeSet<u32>>,
+    named_classes: BTreeMap<NamedPort, BTreeMap<u32, Vec<u16>>>,
+}
+
+impl Default for ClassTable {
+    fn default() -> Self {
+        Self {
+            interner: Interner::new(CLASS_FIRST_DYNAMIC),
+            peer_classes: BTreeMap::new(),
+            named_classes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A prefix whose class is to be recomputed: its ipcache value now (`None`: not in the trie)
+/// and its new signature (`None`: it leaves the trie).
+pub(crate) struct ClassMove {
+    pub(crate) prefix: IpPrefix,
+    pub(crate) old: Option<u32>,
+    pub(crate) new: Option<Sig>,
+}
+
+impl ClassTable {
+    /// Classes whose signature holds `peer`.
+    pub(crate) fn of_peer(&self, peer: PeerId) -> Option<&BTreeSet<u32>> {
+        self.peer_classes.get(&peer)
+    }
+
+    /// Classes in which `port` resolves, with the numbers.
+    pub(crate) fn of_named(&self, port: &NamedPort) -> Option<&BTreeMap<u32, Vec<u16>>> {
+        self.named_classes.get(port)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.interner.len()
+    }
+
+    /// Gives each prefix the class of its new signature, keeping class ids stable where it can
+    /// ([`Interner::reassign`]). Returns the ipcache writes (`None`: remove) for prefixes whose
+    /// value changed, and adds to `touched` what set contents depend on that changed, with the
+    /// classes it changed for.
+    pub(crate) fn assign(
+        &mut self,
+        moves: Vec<ClassMove>,
+        touched: &mut Touched,
+    ) -> Vec<(IpPrefix, Option<u32>)> {
+        let dynamic = |class: Option<u32>| class.filter(|class| *class >= CLASS_FIRST_DYNAMIC);
+        let mut heads = Vec::with_capacity(moves.len());
+        let mut interned = Vec::with_capacity(moves.len());
+        for ClassMove { prefix, old, new } in moves {
+            let in_trie = new.is_some();
+            interned.push((dynamic(old), new.filter(|sig| !sig.is_empty())));
+            heads.push((prefix, old, in_trie));
+        }
+        let mut events = Vec::new();
+        let ids = self.interner.reassign(interned, &mut events);
+        for event in events {
+            match event {
+                Event::Created { id } => {
+                    let new = self.interner.get(id).cloned().unwrap_or_default();
+                    self.reindex(id, &Sig::default(), &new, touched);
+                }
+                Event::Renamed { id, old } => {
+                    let new = self.interner.get(id).cloned().unwrap_or_default();
+                    self.reindex(id, &old, &new, touched);
+                }
+                Event::Died { id, old } => self.reindex(id, &old, &Sig::default(), touched),
+            }
+        }
+        heads
+            .into_iter()
+            .zip(ids)
+            .filter_map(|((prefix, old, in_trie), id)| {
+                let new = in_trie.then(|| id.unwrap_or(CLASS_WORLD));
+                (new != old).then_some((prefix, new))
+            })
+            .collect()
+    }
+
+    /// Updates the reverse indexes of `class` from `old` to `new`.
+    fn reindex(&mut self, class: u32, old: &Sig, new: &Sig, touched: &mut Touched) {
+        let (old_peers, new_peers) = (old.peers(), new.peers());
+        for peer in old_peers.difference(&new_peers) {
+            if let Some(classes) = self.peer_classes.get_mut(peer) {
+                classes.remove(&class);
+                if classes.is_empty() {
+                    self.peer_classes.remove(peer);
+                }
+            }
+            touched.entry(Dep::Peer(*peer)).or_default().insert(class);
+        }
+        for peer in new_peers.difference(&old_peers) {
+            self.peer_classes.entry(*peer).or_default().insert(class);
+            touched.entry(Dep::Peer(*peer)).or_default().insert(class);
+        }
+        let old_named: BTreeMap<_, _> = old.pod.named.iter().map(|(port, n)| (port, n)).collect();
+        let new_named: BTreeMap<_, _> = new.pod.named.iter().map(|(port, n)| (port, n)).collect();
+        let ports: BTreeSet<&NamedPort> = old_named.keys().chain(new_named.keys()).copied().collect();
+        for port in ports {
+            let (before, after) = (old_named.get(port), new_named.get(port));
+            if before == after {
+                continue;
+            }
+            match after {
+                Some(numbers) => {
+                    self.named_classes
+                        .entry(port.clone())
+                        .or_default()
+                        .insert(class, (*numbers).clone());
+                }
+                None => {
+                    if let Some(classes) = self.named_classes.get_mut(port) {
+                        classes.remove(&class);
+                        if classes.is_empty() {
+                            self.named_classes.remove(port);
+                        }
+                    }
+                }
+            }
+            touched.entry(Dep::Named(port.clone())).or_default().insert(class);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Relevant peers: the `from`/`to` entries of policies that select at least one local endpoint,
+//! interned by content so that equal peers of different policies are one, with their members.
+//!
+//! A pod/namespace selector peer keeps the set of pods it matches; an ipBlock peer is indexed by
+//! its CIDR so the ipBlock part of a prefix's signature is found by looking up its ancestors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{Namespace, ObjectRef, Peer, Pod, Protocol};
+
+use super::{
+    Direction, IpPrefix,
+    selector::{canonical, matches, matches_namespace},
+};
+
+pub(crate) type PeerId = u32;
+
+/// Which namespaces a pod peer looks in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum NsScope {
+    /// The policy's own namespace (a podSelector alone).
+    Named(String),
+    Matching(crate::model::Selector),
+}
+
+/// A peer with the policy's namespace resolved, in canonical form.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum PeerDef {
+    Pods {
+        namespaces: NsScope,
+        pods: crate::model::Selector,
+    },
+    IpBlock {
+        cidr: IpPrefix,
+        except: Vec<IpPrefix>,
+    },
+}
+
+impl PeerDef {
+    /// The definition of a model peer of a policy in `namespace`; `None` for a peer that
+    /// matches nothing.
+    pub(crate) fn new(peer: &Peer, namespace: &str) -> Option<Self> {
+        match peer {
+            Peer::Nothing => None,
+            Peer::Pods { namespaces, pods } => Some(Self::Pods {
+                namespaces: match namespaces {
+                    None => NsScope::Named(namespace.to_owned()),
+                    Some(selector) => NsScope::Matching(canonical(selector)),
+                },
+                pods: canonical(pods),
+            }),
+            Peer::IpBlock(block) => {
+                let prefix = |cidr: &crate::model::Cidr| IpPrefix::from_ip(cidr.addr(), cidr.len());
+                let mut except: Vec<IpPrefix> = block.except.iter().map(prefix).collect();
+                except.sort();
+                except.dedup();
+                Some(Self::IpBlock {
+                    cidr: prefix(&block.cidr),
+                    except,
+                })
+            }
+        }
+    }
+
+    /// Whether this pod peer matches `pod` (in `namespace`, `None` if unknown). HostNetwork
+    /// pods are never matched by selectors.
+    pub(crate) fn matches_pod(&self, pod: &Pod, namespace: Option<&Namespace>) -> bool {
+        let Self::Pods {
+            namespaces,
+            pods: selector,
+        } = self
+        else {
+            return false;
+        };
+        !pod.host_network
+            && match namespaces {
+                NsScope::Named(name) => *name == pod.namespace,
+                NsScope::Matching(selector) => {
+                    matches_namespace(selector, &pod.namespace, namespace)
+                }
+            }
+            && matches(selector, &pod.labels)
+    }
+
+    /// Whether this pod peer's namespace scope covers namespace `name`.
+    pub(crate) fn covers_namespace(&self, name: &str, namespace: Option<&Namespace>) -> bool {
+        match self {
+            Self::Pods {
+                namespaces: NsScope::Named(own),
+                ..
+            } => own == name,
+            Self::Pods {
+                namespaces: NsScope::Matching(selector),
+                ..
+            } => matches_namespace(selector, name, namespace),
+            Self::IpBlock { .. } => false,
+        }
+    }
+}
+
+/// A container port name with the protocol it must be declared with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct NamedPort {
+    pub(crate) name: String,
+    pub(crate) protocol: Protocol,
+}
+
+/// Who holds a reference to a peer: a policy's rules of one direction.
+pub(crate) type User = (ObjectRef, Direction);
+
+#[derive(Debug)]
+pub(crate) struct PeerState {
+    pub(crate) def: PeerDef,
+    /// Reference counts per user.
+    pub(crate) users: BTreeMap<User, u32>,
+    /// Pods a pod peer matches (empty for ipBlock peers).
+    pub(crate) members: BTreeSet<ObjectRef>,
+}
+
+/// The relevant peers and their members.
+#[derive(Debug, Default)]
+pub(crate) struct PeerTable {
+    peers: BTreeMap<PeerId, PeerState>,
+    by_def: BTreeMap<PeerDef, PeerId>,
+    next: PeerId,
+    /// Pod peers each pod belongs to.
+    pod_peers: BTreeMap<ObjectRef, BTreeSet<PeerId>>,
+    /// ipBlock peers by CIDR.
+    cidrs: BTreeMap<IpPrefix, BTreeSet<PeerId>>,
+    /// How many ipBlock CIDRs have each (family, length): the ancestor lengths worth trying.
+    cidr_lens: BTreeMap<(u32, u8), u32>,
+}
+
+impl PeerTable {
+    pub(crate) fn get(&self, id: PeerId) -> Option<&PeerState> {
+        self.peers.get(&id)
+    }
+
+    /// Pod peers (id and definition).
+    pub(crate) fn pod_peers(&self) -> impl Iterator<Item = (PeerId, &PeerDef)> {
+        self.peers
+            .iter()
+            .filter(|(_, state)| matches!(state.def, PeerDef::Pods { .. }))
+            .map(|(id, state)| (*id, &state.def))
+    }
+
+    /// The pod peers `pod` belongs to.
+    pub(crate) fn of_pod(&self, pod: &ObjectRef) -> Option<&BTreeSet<PeerId>> {
+        self.pod_peers.get(pod)
+    }
+
+    /// Adds a reference from `user`; returns the id and whether the peer is new (its members
+    /// are then still to be filled in by the caller).
+    pub(crate) fn acquire(&mut self, def: PeerDef, user: &User) -> (PeerId, bool) {
+        if let Some(id) = self.by_def.get(&def) {
+            if let Some(state) = self.peers.get_mut(id) {
+                *state.users.entry(user.clone()).or_default() += 1;
+            }
+            return (*id, false);
+        }
+        let id = loop {
+            let candidate = self.next;
+            self.next = self.next.wrapping_add(1);
+            if !self.peers.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        if let PeerDef::IpBlock { cidr, .. } = &def {
+            self.cidrs.entry(*cidr).or_default().insert(id);
+            *self.cidr_lens.entry((cidr.addr.family, cidr.len)).or_default() += 1;
+        }
+        self.by_def.insert(def.clone(), id);
+        self.peers.insert(
+            id,
+            PeerState {
+                def,
+                users: BTreeMap::from([(user.clone(), 1)]),
+                members: BTreeSet::new(),
+            },
+        );
+        (id, true)
+    }
+
+    /// Drops a reference from `user`; returns the peer when it is no longer used (its members
+    /// are removed from the pod index).
+    pub(crate) fn release(&mut self, id: PeerId, user: &User) -> Option<PeerState> {
+        let state = self.peers.get_mut(&id)?;
+        if let Some(count) = state.users.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                state.users.remove(user);
+            }
+        }
+        if !state.users.is_empty() {
+            return None;
+        }
+        let state = self.peers.remove(&id)?;
+        self.by_def.remove(&state.def);
+        for member in &state.members {
+            if let Some(peers) = self.pod_peers.get_mut(member) {
+                peers.remove(&id);
+                if peers.is_empty() {
+                    self.pod_peers.remove(member);
+                }
+            }
+        }
+        if let PeerDef::IpBlock { cidr, .. } = &state.def {
+            if let Some(ids) = self.cidrs.get_mut(cidr) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.cidrs.remove(cidr);
+                }
+            }
+            let key = (cidr.addr.family, cidr.len);
+            if let Some(count) = self.cidr_lens.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.cidr_lens.remove(&key);
+                }
+            }
+        }
+        Some(state)
+    }
+
+    /// Makes `pod` a member of pod peer `id` or not; returns whether that changed anything.
+    pub(crate) fn set_member(&mut self, id: PeerId, pod: &ObjectRef, member: bool) -> bool {
+        let Some(state) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        if member {
+            if !state.members.insert(pod.clone()) {
+                return false;
+            }
+            self.pod_peers.entry(pod.clone()).or_default().insert(id);
+        } else {
+            if !state.members.remove(pod) {
+                return false;
+            }
+            if let Some(peers) = self.pod_peers.get_mut(pod) {
+                peers.remove(&id);
+                if peers.is_empty() {
+                    self.pod_peers.remove(pod);
+                }
+            }
+        }
+        true
+    }
+
+    /// The ipBlock peers that contain every address of `prefix`: a CIDR that is an ancestor of
+    /// it and no except that is. Because the trie holds every CIDR and except, this is also the
+    /// ipBlock membership of every address whose longest match is `prefix`.
+    pub(crate) fn ip_blocks_containing(&self, prefix: &IpPrefix) -> Vec<PeerId> {
+        let mut found = Vec::new();
+        let family = prefix.addr.family;
+        for (_, len) in self.cidr_lens.range((family, 0)..=(family, prefix.len)).map(|(k, _)| *k) {
+            let ancestor = IpPrefix::new(prefix.addr, len);
+            for id in self.cidrs.get(&ancestor).into_iter().flatten() {
+                let Some(PeerState {
+                    def: PeerDef::IpBlock { except, .. },
+                    ..
+                }) = self.peers.get(id)
+                else {
+                    continue;
+                };
+                if !except.iter().any(|carve| carve.contains(prefix)) {
+                    found.push(*id);
+                }
+            }
+        }
+        found.sort_unstable();
+        found
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.peers.len()
+    }
+}

@@ -1,0 +1,46 @@
+//! `cargo xtask bench <target>`: runs one benchmark, which prints its own figures.
+//!
+//! Benchmarks are not timed tests: they print figures (recorded in `docs/`) and fail only if
+//! they cannot run. Each target is one cargo bench of the workspace, run with the prebuilt eBPF
+//! object so the agent crate does not rebuild it.
+
+use std::process::Command;
+
+use anyhow::Result;
+use xtask::EBPF_OBJECT_ENV;
+
+use crate::{build_ebpf, exec};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// What to measure.
+    #[arg(value_enum)]
+    target: Target,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Target {
+    /// The policy engine: full compile and deltas on a synthetic 10,000-pod cluster
+    /// (`agent/benches/engine.rs`, figures in `docs/ENGINE-BENCH.md`).
+    Engine,
+}
+
+impl Target {
+    /// The package and bench target that measure it.
+    fn bench(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Engine => ("netpol-agent", "engine"),
+        }
+    }
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let object = build_ebpf::run(&build_ebpf::Options::default())?;
+    let (package, bench) = options.target.bench();
+    exec::run(
+        Command::new("cargo")
+            .current_dir(exec::workspace_root())
+            .env(EBPF_OBJECT_ENV, &object)
+            .args(["bench", "--package", package, "--bench", bench]),
+    )
+}
