@@ -21,7 +21,10 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     backend::{
         InterfaceRole,
-        ebpf::{AttachMode, BPFFS, Datapath, EbpfBackend, LoadOptions, MapSizes, ensure_bpffs},
+        ebpf::{
+            AttachMode, BPFFS, Datapath, EbpfBackend, EventThread, LoadOptions, MapSizes,
+            ensure_bpffs,
+        },
     },
     discovery,
     metrics::{self, Metrics},
@@ -251,12 +254,19 @@ pub fn choose_backend(
 pub async fn run(config: RunConfig) -> Result<()> {
     let metrics = Metrics::new();
     let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
+    let event_thread: Option<EventThread>;
     tracing::info!(backend = ?backend, reason, "backend chosen");
     let backend = match backend {
         BackendChoice::Ebpf | BackendChoice::Auto => {
             ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
-            let datapath =
+            let mut datapath =
                 Datapath::load_with(&config.load).context("loading the eBPF datapath")?;
+            let events = datapath
+                .event_reader()
+                .context("opening the drop-event buffers")?
+                .spawn(Arc::clone(&metrics))
+                .context("starting the drop-event reader")?;
+            event_thread = Some(events);
             EbpfBackend::new(datapath).context("adopting the pinned datapath state")?
         }
         BackendChoice::Iptables => bail!(
@@ -320,6 +330,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = runtime.await;
     let _ = server.await;
+    drop(event_thread);
     Ok(())
 }
 

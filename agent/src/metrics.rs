@@ -286,6 +286,12 @@ fn reason_class(reason: &str) -> String {
     bounded
 }
 
+impl crate::backend::ebpf::EventSink for Arc<Metrics> {
+    fn count(&self, seen: u64, lost: u64) {
+        self.count_events(seen, lost);
+    }
+}
+
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,

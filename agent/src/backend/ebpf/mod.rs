@@ -5,12 +5,14 @@
 
 mod attach;
 mod backend;
+mod events;
 
 use std::path::{Path, PathBuf};
 
 pub use attach::{AttachMode, NETLINK_HANDLE, NETLINK_PRIORITY};
 
 pub use backend::EbpfBackend;
+pub use events::{EventReader, EventSink, EventThread};
 
 use crate::backend::InterfaceRole;
 
@@ -27,7 +29,10 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+        perf::PerfEventArray,
+    },
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 
@@ -156,6 +161,12 @@ pub enum EbpfError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    #[error("opening the drop-event buffer of CPU {cpu} failed")]
+    Events {
+        cpu: u32,
+        #[source]
+        source: aya::maps::perf::PerfBufferError,
+    },
     #[error("interface {iface} does not exist")]
     NoInterface { iface: String },
     #[error("pinning at {path} failed")]
@@ -201,6 +212,8 @@ pub struct Datapath {
     config: Array<MapData, Config>,
     drops: PerCpuArray<MapData, Counter>,
     rule_hits: PerCpuArray<MapData, Counter>,
+    /// Taken by [`Datapath::event_reader`].
+    events: Option<PerfEventArray<MapData>>,
 }
 
 impl Datapath {
@@ -271,6 +284,7 @@ impl Datapath {
             config: take_map(&mut ebpf, config::MAP_NAME)?,
             drops: take_map(&mut ebpf, metrics::DROPS_MAP_NAME)?,
             rule_hits: take_map(&mut ebpf, metrics::RULE_HITS_MAP_NAME)?,
+            events: Some(take_map(&mut ebpf, agent_common::events::MAP_NAME)?),
             ebpf,
             sizes: *sizes,
             attach_mode: *attach_mode,
@@ -451,6 +465,18 @@ impl Datapath {
     /// The capacities the maps were created with.
     pub fn sizes(&self) -> MapSizes {
         self.sizes
+    }
+
+    /// The reader of drop and audit events (once), with events switched on in the programs.
+    pub fn event_reader(&mut self) -> Result<EventReader, EbpfError> {
+        let array = self.events.take().ok_or(EbpfError::MissingMap {
+            name: agent_common::events::MAP_NAME,
+        })?;
+        let reader = EventReader::open(array)?;
+        let mut config = self.config()?;
+        config.flags |= agent_common::config::CONFIG_EVENTS;
+        self.set_config(config)?;
+        Ok(reader)
     }
 
     /// Empties the policy state and the connection and fragment tables, resets the config and
