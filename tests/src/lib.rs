@@ -3,11 +3,13 @@
 //! - [`packet`]: crafted frames for BPF_PROG_TEST_RUN.
 //! - [`netns`]: a simulated node with pods as network namespaces, for real traffic.
 //! - [`agent`]: the real `netpol-agent` binary run inside a simulated node.
+//! - [`clusters`]: seeded random clusters and flows for the differential suites.
 //! - [`scenarios`]: the seed guide's four scenarios, for the demo and the agent suites.
 //! - [`apiserver`]: a real kube-apiserver and etcd on loopback, for the API-driven suites.
 //! - [`require_root`]: the skip rule for tests that need root.
 
 pub mod agent;
+pub mod clusters;
 pub mod apiserver;
 pub mod netns;
 pub mod packet;

@@ -82,7 +82,10 @@ fn write_to(path: &Path, contents: &Contents<'_>) -> Result<()> {
             .file_name()
             .and_then(|name| name.to_str())
             .with_context(|| format!("odd test binary path {}", test.display()))?;
-        cpio.file(&format!("tests/{name}"), 0o755, test)?;
+        // Debug info is most of a test binary (~200 MB): without it the archive fits the
+        // guest's RAM-backed root file system.
+        let stripped = strip_debug(test, path)?;
+        cpio.file(&format!("tests/{name}"), 0o755, &stripped)?;
     }
     cpio.dir("modules").with_context(context)?;
     let mut order = String::new();
@@ -102,6 +105,27 @@ fn write_to(path: &Path, contents: &Contents<'_>) -> Result<()> {
 }
 
 /// The absolute paths of the shared libraries and loader `binary` needs (empty if static).
+/// A copy of `binary` without debug sections, next to the archive being written.
+fn strip_debug(binary: &Path, archive: &Path) -> Result<PathBuf> {
+    let name = binary
+        .file_name()
+        .with_context(|| format!("odd test binary path {}", binary.display()))?;
+    let stripped = archive.with_file_name(name).with_extension("stripped");
+    let status = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(binary)
+        .status()
+        .context("running strip (binutils)")?;
+    anyhow::ensure!(
+        status.success(),
+        "strip --strip-debug {} failed: {status}",
+        binary.display()
+    );
+    Ok(stripped)
+}
+
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let output = Command::new("ldd")
         .arg(binary)

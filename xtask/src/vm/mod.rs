@@ -34,7 +34,7 @@ use crate::{build_ebpf, exec};
 /// The test targets of `netpol-tests` that run in the guests. A suite belongs here once it
 /// needs nothing but the kernel: the guests have no host tools (`real_traffic` runs `ip` and
 /// `iptables`, which would need those binaries and the netfilter modules in the initramfs).
-const SUITES: &[&str] = &["test_run"];
+const SUITES: &[&str] = &["test_run", "differential"];
 
 /// Modules the suites need that Debian builds as modules (the loader skips built-in ones):
 /// - `sch_ingress`: the clsact qdisc that tc programs attach to through netlink;
