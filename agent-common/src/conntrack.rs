@@ -52,6 +52,12 @@ pub const CT_FIN_ORIGINAL: u32 = 1 << 4;
 pub const CT_FIN_REPLY: u32 = 1 << 5;
 /// The connection is closing (RST, or FIN both ways): only the close timeout is left.
 pub const CT_CLOSING: u32 = 1 << 6;
+/// `netpol_from_pod` passed the connection (its later packets take the fast path there).
+pub const CT_SEEN_FROM_POD: u32 = 1 << 7;
+/// `netpol_to_pod` passed the connection.
+pub const CT_SEEN_TO_POD: u32 = 1 << 8;
+/// `netpol_to_uplink` passed the connection.
+pub const CT_SEEN_TO_UPLINK: u32 = 1 << 9;
 
 /// Value: what is known about the connection.
 #[repr(C)]

@@ -11,6 +11,7 @@
 //!   kube-proxy's DNAT, so egress to a Service is judged on its backend.
 //!
 //! Allowed packets return `TC_ACT_UNSPEC`, so other filters on the device (Terway's) still run.
+//! `netpol_floor` only returns: the benchmark's baseline.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -47,7 +48,7 @@ mod programs {
     use crate::{
         endpoint::lookup_endpoint,
         parse::parse,
-        verdict::{Hook, Verdict, decide, finish, load_config},
+        verdict::{Hook, Verdict, decide, established, finish, load_config},
     };
 
     /// tc ingress of a pod's host-side veth: the pod's egress, before DNAT.
@@ -69,6 +70,13 @@ mod programs {
         finish(&ctx, try_to_uplink(&ctx))
     }
 
+    /// Returns at once: the floor `cargo xtask bench datapath` measures the others against
+    /// (what a test run costs with no work at all). Never attached.
+    #[classifier]
+    pub fn netpol_floor(_ctx: TcContext) -> i32 {
+        aya_ebpf::bindings::TC_ACT_UNSPEC
+    }
+
     #[inline(always)]
     fn try_from_pod(ctx: &TcContext) -> Verdict {
         let Some(config) = load_config() else {
@@ -88,6 +96,9 @@ mod programs {
         if src.ifindex != 0 && src.ifindex != ifindex(ctx) {
             return Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false);
         }
+        if established(ctx, config, &packet, Hook::FromPod) {
+            return Verdict::PASS;
+        }
         decide(ctx, config, &packet, Some(src), None, Hook::FromPod)
     }
 
@@ -104,10 +115,18 @@ mod programs {
             Ok(None) => return Verdict::PASS,
             Err(reason) => return Verdict::drop(reason, DIR_INGRESS, false),
         };
+        let origin = if node_originated(ctx) {
+            Hook::FromNode
+        } else {
+            Hook::ToPod
+        };
+        if established(ctx, config, &packet, origin) {
+            return Verdict::PASS;
+        }
         // The destination's ingress, and a local source's egress after DNAT (the destination
         // need not be selected for that).
         let dst = lookup_endpoint(&packet.dst);
-        if node_originated(ctx) {
+        if origin == Hook::FromNode {
             return decide(ctx, config, &packet, None, dst, Hook::FromNode);
         }
         let src = lookup_endpoint(&packet.src);
@@ -127,6 +146,9 @@ mod programs {
             Ok(None) => return Verdict::PASS,
             Err(reason) => return Verdict::drop(reason, DIR_EGRESS, false),
         };
+        if established(ctx, config, &packet, Hook::ToUplink) {
+            return Verdict::PASS;
+        }
         let Some(src) = lookup_endpoint(&packet.src) else {
             return Verdict::PASS;
         };

@@ -15,7 +15,10 @@
 
 use agent_common::{
     config::{CONFIG_EVENTS, Config},
-    conntrack::{CT_CLOSING, CT_EGRESS_ALLOWED, CT_EGRESS_DEFERRED, CT_INGRESS_ALLOWED, CtKey},
+    conntrack::{
+        CT_CLOSING, CT_EGRESS_ALLOWED, CT_EGRESS_DEFERRED, CT_INGRESS_ALLOWED, CT_SEEN_FROM_POD,
+        CT_SEEN_TO_POD, CT_SEEN_TO_UPLINK, CtKey,
+    },
     endpoint::{Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
     events::{EVENT_AUDIT, PolicyEvent},
     metrics::DropReason,
@@ -91,6 +94,65 @@ pub enum Hook {
 #[inline(always)]
 pub fn load_config() -> Option<&'static Config> {
     NP_CONFIG.get(0)
+}
+
+/// The `CT_SEEN_*` bit of a hook.
+#[inline(always)]
+fn seen_bit(hook: Hook) -> u32 {
+    match hook {
+        Hook::FromPod => CT_SEEN_FROM_POD,
+        Hook::ToPod => CT_SEEN_TO_POD,
+        // Node traffic is allowed by origin: that must not let a forwarded packet of the same
+        // tuple take the fast path. Its connections take the full path (replies still do not).
+        Hook::FromNode => 0,
+        Hook::ToUplink => CT_SEEN_TO_UPLINK,
+    }
+}
+
+/// The fast path: a packet of a connection this hook has passed before, or a reply of any
+/// tracked connection, passes on a connection-tracking hit alone, without endpoint, class or
+/// policy lookups. Policy governs new connections; established ones continue until they end
+/// or expire (as in Cilium and Calico). Anything else (no entry, another hook's entry, ICMP
+/// errors and neighbour discovery, fragments, unreadable headers) takes the full decision.
+#[inline(always)]
+pub fn established(ctx: &TcContext, config: &Config, packet: &Packet, hook: Hook) -> bool {
+    if packet.fragment.later {
+        return false;
+    }
+    let Ok(transport) = load_transport(ctx, packet) else {
+        return false;
+    };
+    if transport.icmp != Icmp::None {
+        return false;
+    }
+    let now = now_ns();
+    let mut key = CtKey {
+        src: packet.src,
+        dst: packet.dst,
+        sport: transport.sport,
+        dport: transport.dport,
+        protocol: u32::from(packet.protocol),
+    };
+    if let Some(entry) = lookup_live(&key, packet.protocol, now, config) {
+        // SAFETY: see `conntrack::lookup_live`.
+        let (flags, rule) = unsafe { ((*entry).flags, (*entry).rule) };
+        let reopening =
+            flags & CT_CLOSING != 0 && is_new_tcp_connection(packet.protocol, transport.tcp_flags);
+        if flags & seen_bit(hook) == 0 || reopening {
+            return false;
+        }
+        refresh(entry, packet.protocol, transport.tcp_flags, false, now);
+        count_rule(ctx, rule);
+        return true;
+    }
+    key.reverse();
+    if let Some(entry) = lookup_live(&key, packet.protocol, now, config) {
+        refresh(entry, packet.protocol, transport.tcp_flags, true, now);
+        // SAFETY: see `conntrack::lookup_live`.
+        count_rule(ctx, unsafe { (*entry).rule });
+        return true;
+    }
+    false
 }
 
 #[inline(always)]
@@ -179,7 +241,9 @@ pub fn decide(
         }
     }
 
-    let mut decided = 0;
+    // This hook passes the connection if it gets to the end: its later packets may then take
+    // the fast path here.
+    let mut decided = seen_bit(hook);
     if let Some(set) = src.and_then(|endpoint| endpoint.isolation(DIR_EGRESS)) {
         let done = flags & CT_EGRESS_ALLOWED != 0
             || (hook == Hook::FromPod && flags & CT_EGRESS_DEFERRED != 0);
@@ -188,8 +252,13 @@ pub fn decide(
                 decided |= CT_EGRESS_DEFERRED;
             } else {
                 let class = class_of(&packet.dst);
-                match lookup_allow(set, class, DIR_EGRESS, packet.protocol, transport.policy_port)
-                {
+                match lookup_allow(
+                    set,
+                    class,
+                    DIR_EGRESS,
+                    packet.protocol,
+                    transport.policy_port,
+                ) {
                     NO_RULE => {
                         let drop = egress_drop(DropReason::Policy);
                         if config.flags & CONFIG_EVENTS != 0 {
@@ -210,7 +279,13 @@ pub fn decide(
         && hook != Hook::FromNode
     {
         let class = class_of(&packet.src);
-        match lookup_allow(set, class, DIR_INGRESS, packet.protocol, transport.policy_port) {
+        match lookup_allow(
+            set,
+            class,
+            DIR_INGRESS,
+            packet.protocol,
+            transport.policy_port,
+        ) {
             NO_RULE => {
                 let drop = ingress_drop(DropReason::Policy);
                 if config.flags & CONFIG_EVENTS != 0 {
@@ -227,12 +302,10 @@ pub fn decide(
 
     match existing {
         Some(entry) => {
-            if decided != 0 {
-                // SAFETY: see `conntrack::lookup_live`.
-                unsafe {
-                    (*entry).flags |= decided;
-                    (*entry).rule = rule;
-                }
+            // SAFETY: see `conntrack::lookup_live`.
+            unsafe {
+                (*entry).flags |= decided;
+                (*entry).rule = rule;
             }
             refresh(entry, packet.protocol, transport.tcp_flags, false, now);
         }

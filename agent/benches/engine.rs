@@ -14,9 +14,9 @@ use std::{
 
 use netpol_agent::{
     model::{
-        Change, Cidr, ContainerPort, IpBlock, Labels, Namespace, NetworkPolicy, ObjectRef, Operator,
-        Peer, Peers, PolicyPort, Pod, PortMatch, Ports, Protocol, Requirement, Rule, Selector,
-        Snapshot,
+        Change, Cidr, ContainerPort, IpBlock, Labels, Namespace, NetworkPolicy, ObjectRef,
+        Operator, Peer, Peers, Pod, PolicyPort, PortMatch, Ports, Protocol, Requirement, Rule,
+        Selector, Snapshot,
     },
     policy::{Delta, Engine},
 };
@@ -32,7 +32,10 @@ const COMPILE_RUNS: usize = 5;
 const DELTA_RUNS: usize = 100;
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 fn cidr(text: &str) -> Cidr {
@@ -59,7 +62,9 @@ const ROLES: [&str; 4] = ["web", "api", "db", "cache"];
 
 fn pod(ns: usize, index: usize) -> Pod {
     let k = ns * PODS_PER_NAMESPACE + index;
-    let [hi, lo] = u16::try_from(k).expect("fewer than 65536 pods").to_be_bytes();
+    let [hi, lo] = u16::try_from(k)
+        .expect("fewer than 65536 pods")
+        .to_be_bytes();
     let mut ports = vec![
         ContainerPort {
             name: Some("http".to_owned()),
@@ -95,7 +100,16 @@ fn pod(ns: usize, index: usize) -> Pod {
         ]),
         ips: [
             IpAddr::V4(Ipv4Addr::new(10, 1, hi, lo)),
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, u16::try_from(k).unwrap_or(0))),
+            IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                u16::try_from(k).unwrap_or(0),
+            )),
         ]
         .into(),
         node: Some(node),
@@ -143,7 +157,10 @@ fn policy(ns: usize, index: usize, variant: usize) -> NetworkPolicy {
         1 => (
             Some(vec![Rule {
                 peers: Peers::Only(vec![Peer::Pods {
-                    namespaces: Some(Selector::labels([("team", format!("team-{}", (ns + index + variant) % 25))])),
+                    namespaces: Some(Selector::labels([(
+                        "team",
+                        format!("team-{}", (ns + index + variant) % 25),
+                    )])),
                     pods: Selector::labels([("role", "api")]),
                 }]),
                 ports: Ports::Only(vec![tcp(PortMatch::Named("http".to_owned()))]),
@@ -159,7 +176,10 @@ fn policy(ns: usize, index: usize, variant: usize) -> NetworkPolicy {
                     except: vec![cidr(&format!("10.1.{}.0/24", (ns + variant) % 40))],
                 })]),
                 ports: Ports::Only(vec![
-                    tcp(PortMatch::Range { start: 8000, end: 8100 }),
+                    tcp(PortMatch::Range {
+                        start: 8000,
+                        end: 8100,
+                    }),
                     PolicyPort {
                         protocol: Protocol::Udp,
                         port: PortMatch::Number(53),
@@ -176,7 +196,10 @@ fn policy(ns: usize, index: usize, variant: usize) -> NetworkPolicy {
                     peers: Peers::Only(vec![Peer::Pods {
                         namespaces: Some(Selector {
                             match_labels: Labels::new(),
-                            match_expressions: vec![requirement("env", Operator::In(set(&["prod", "staging"])))],
+                            match_expressions: vec![requirement(
+                                "env",
+                                Operator::In(set(&["prod", "staging"])),
+                            )],
                         }),
                         pods: Selector::everything(),
                     }]),
@@ -206,7 +229,10 @@ fn policy(ns: usize, index: usize, variant: usize) -> NetworkPolicy {
                         }),
                         pods: Selector {
                             match_labels: Labels::new(),
-                            match_expressions: vec![requirement("role", Operator::NotIn(set(&["db"])))],
+                            match_expressions: vec![requirement(
+                                "role",
+                                Operator::NotIn(set(&["db"])),
+                            )],
                         },
                     },
                 ]),
@@ -253,6 +279,18 @@ fn time_changes(engine: &mut Engine, versions: [Change; 2]) -> (Duration, usize)
         let start = Instant::now();
         let delta: Delta = engine.apply([change]);
         samples.push(start.elapsed());
+        if std::env::var_os("NETPOL_BENCH_DEBUG").is_some() && run < 3 {
+            eprintln!(
+                "run {run}: policy+ {} policy- {} ipcache+ {} ipcache- {} ep+ {} rules+ {} rules- {}",
+                delta.policy_upserts.len(),
+                delta.policy_removals.len(),
+                delta.ipcache_upserts.len(),
+                delta.ipcache_removals.len(),
+                delta.endpoint_upserts.len(),
+                delta.rules_added.len(),
+                delta.rules_removed.len()
+            );
+        }
         largest = largest.max(delta.len());
     }
     (median(samples), largest)
@@ -289,7 +327,9 @@ fn main() {
         .count();
 
     // `NETPOL_BENCH_ONLY=<n>`: run only delta scenario n, after a single compile (profiling).
-    let only: Option<usize> = std::env::var("NETPOL_BENCH_ONLY").ok().and_then(|n| n.parse().ok());
+    let only: Option<usize> = std::env::var("NETPOL_BENCH_ONLY")
+        .ok()
+        .and_then(|n| n.parse().ok());
     let compile_runs = if only.is_some() { 1 } else { COMPILE_RUNS };
     let mut compile_times = Vec::with_capacity(compile_runs);
     let mut engine = None;
@@ -305,13 +345,26 @@ fn main() {
     let mut engine = engine.expect("compiled at least once");
     let stats = engine.stats();
     let state = engine.state();
-    let (endpoints, ipcache, policy_entries, rules) =
-        (state.endpoints.len(), state.ipcache.len(), state.policy.len(), state.rules.len());
+    let (endpoints, ipcache, policy_entries, rules) = (
+        state.endpoints.len(),
+        state.ipcache.len(),
+        state.policy.len(),
+        state.rules.len(),
+    );
 
     // Each scenario alternates between two versions of one object. Local pods are those
     // with index k = 91 m (k = namespace * 20 + pod): ns-000/pod-00 (app-0), ns-004/pod-11
     // (app-1), ns-009/pod-02 (app-2), ...; policies np-<i> select app-<i mod 5>.
-    let pod_at = |ns: usize, index: usize| snapshot.pods.get(&ObjectRef::new(namespace_name(ns), format!("pod-{index:02}"))).cloned().expect("pod exists");
+    let pod_at = |ns: usize, index: usize| {
+        snapshot
+            .pods
+            .get(&ObjectRef::new(
+                namespace_name(ns),
+                format!("pod-{index:02}"),
+            ))
+            .cloned()
+            .expect("pod exists")
+    };
     let relabel = |mut pod: Pod, key: &str, value: &str| {
         pod.labels.insert(key.to_owned(), value.to_owned());
         pod
@@ -319,27 +372,45 @@ fn main() {
     let scenarios: Vec<(&str, [Change; 2])> = vec![
         (
             "delta: pod label change (remote pod leaves a selected role)",
-            [Change::ApplyPod(pod_at(0, 4)), Change::ApplyPod(relabel(pod_at(0, 4), "role", "cache"))],
+            [
+                Change::ApplyPod(pod_at(0, 4)),
+                Change::ApplyPod(relabel(pod_at(0, 4), "role", "cache")),
+            ],
         ),
         (
             "delta: pod label change (local pod changes app)",
-            [Change::ApplyPod(pod_at(0, 0)), Change::ApplyPod(relabel(pod_at(0, 0), "app", "app-1"))],
+            [
+                Change::ApplyPod(pod_at(0, 0)),
+                Change::ApplyPod(relabel(pod_at(0, 0), "app", "app-1")),
+            ],
         ),
         (
             "delta: policy update (port)",
-            [Change::ApplyPolicy(policy(0, 0, 0)), Change::ApplyPolicy(policy(0, 0, 1))],
+            [
+                Change::ApplyPolicy(policy(0, 0, 0)),
+                Change::ApplyPolicy(policy(0, 0, 1)),
+            ],
         ),
         (
             "delta: policy update (namespace selector of a peer)",
-            [Change::ApplyPolicy(policy(4, 1, 0)), Change::ApplyPolicy(policy(4, 1, 1))],
+            [
+                Change::ApplyPolicy(policy(4, 1, 0)),
+                Change::ApplyPolicy(policy(4, 1, 1)),
+            ],
         ),
         (
             "delta: policy update (ipBlock except)",
-            [Change::ApplyPolicy(policy(9, 2, 0)), Change::ApplyPolicy(policy(9, 2, 1))],
+            [
+                Change::ApplyPolicy(policy(9, 2, 0)),
+                Change::ApplyPolicy(policy(9, 2, 1)),
+            ],
         ),
         (
             "delta: namespace label change (team)",
-            [Change::ApplyNamespace(namespace(7, 0)), Change::ApplyNamespace(namespace(7, 1))],
+            [
+                Change::ApplyNamespace(namespace(7, 0)),
+                Change::ApplyNamespace(namespace(7, 1)),
+            ],
         ),
         (
             "delta: namespace label change (tier removed)",

@@ -256,7 +256,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
     let event_thread: Option<EventThread>;
     tracing::info!(backend = ?backend, reason, "backend chosen");
-    let backend = match backend {
+    let backend: Box<dyn crate::backend::Backend + Send> = match backend {
         BackendChoice::Ebpf | BackendChoice::Auto => {
             ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
             let mut datapath =
@@ -267,11 +267,15 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 .spawn(Arc::clone(&metrics))
                 .context("starting the drop-event reader")?;
             event_thread = Some(events);
-            EbpfBackend::new(datapath).context("adopting the pinned datapath state")?
+            Box::new(EbpfBackend::new(datapath).context("adopting the pinned datapath state")?)
         }
-        BackendChoice::Iptables => bail!(
-            "the iptables backend is not part of this build yet ({reason}); run on a 4.19+ kernel with --backend ebpf"
-        ),
+        BackendChoice::Iptables => {
+            event_thread = None;
+            Box::new(
+                crate::backend::iptables::IptablesBackend::detect()
+                    .context("setting up the iptables backend")?,
+            )
+        }
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -391,6 +395,14 @@ pub fn cleanup(args: CleanupArgs) -> Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
             return Err(error).with_context(|| format!("removing {}", datapath_dir.display()));
+        }
+    }
+    match crate::backend::iptables::cleanup() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed our iptables chains, jumps and ipsets"),
+        Err(error) => {
+            tracing::warn!(%error, "removing iptables chains and ipsets failed");
+            failures += 1;
         }
     }
     if failures > 0 {

@@ -23,6 +23,9 @@ enum Target {
     /// The policy engine: full compile and deltas on a synthetic 10,000-pod cluster
     /// (`agent/benches/engine.rs`, figures in `docs/ENGINE-BENCH.md`).
     Engine,
+    /// The tc programs: ns per packet through test runs (`agent/benches/datapath.rs`, figures
+    /// in `docs/DATAPATH-BENCH.md`; needs root).
+    Datapath,
 }
 
 impl Target {
@@ -30,6 +33,7 @@ impl Target {
     fn bench(self) -> (&'static str, &'static str) {
         match self {
             Self::Engine => ("netpol-agent", "engine"),
+            Self::Datapath => ("netpol-agent", "datapath"),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod ebpf;
 pub mod fake;
+pub mod iptables;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,8 @@ pub type PodInterfaces = BTreeMap<Addr, u32>;
 pub enum BackendError {
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
+    #[error(transparent)]
+    Iptables(#[from] iptables::IptablesError),
 }
 
 /// Packet and byte counts.

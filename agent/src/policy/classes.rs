@@ -8,6 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    hash::{Hash, Hasher},
     sync::Arc,
 };
 
@@ -20,23 +21,54 @@ use super::{
 };
 
 /// The part of a signature that comes from the pod owning the address (shared by all its
-/// addresses and kept per pod, so ipBlock changes do not recompute it).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// addresses and kept per pod, so ipBlock changes do not recompute it). It carries its own
+/// digest, so hashing a signature does not walk it.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct PodPart {
     /// Relevant pod peers the pod matches, sorted.
-    pub(crate) peers: Vec<PeerId>,
+    peers: Vec<PeerId>,
     /// Resolutions of relevant egress named ports on the pod, sorted, non-empty ones only.
-    pub(crate) named: Vec<(NamedPort, Vec<u16>)>,
+    named: Vec<(NamedPort, Vec<u16>)>,
+    digest: u64,
 }
 
 impl PodPart {
+    pub(crate) fn new(peers: Vec<PeerId>, named: Vec<(NamedPort, Vec<u16>)>) -> Self {
+        let digest = if peers.is_empty() && named.is_empty() {
+            0
+        } else {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (&peers, &named).hash(&mut hasher);
+            hasher.finish()
+        };
+        Self {
+            peers,
+            named,
+            digest,
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.peers.is_empty() && self.named.is_empty()
     }
 }
 
+impl PartialEq for PodPart {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest && self.peers == other.peers && self.named == other.named
+    }
+}
+
+impl Eq for PodPart {}
+
+impl Hash for PodPart {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+
 /// What an address is to the node's policies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Sig {
     /// Relevant ipBlock peers the address is in, sorted.
     pub(crate) blocks: Vec<PeerId>,
@@ -167,7 +199,8 @@ impl ClassTable {
         }
         let old_named: BTreeMap<_, _> = old.pod.named.iter().map(|(port, n)| (port, n)).collect();
         let new_named: BTreeMap<_, _> = new.pod.named.iter().map(|(port, n)| (port, n)).collect();
-        let ports: BTreeSet<&NamedPort> = old_named.keys().chain(new_named.keys()).copied().collect();
+        let ports: BTreeSet<&NamedPort> =
+            old_named.keys().chain(new_named.keys()).copied().collect();
         for port in ports {
             let (before, after) = (old_named.get(port), new_named.get(port));
             if before == after {
@@ -189,7 +222,10 @@ impl ClassTable {
                     }
                 }
             }
-            touched.entry(Dep::Named(port.clone())).or_default().insert(class);
+            touched
+                .entry(Dep::Named(port.clone()))
+                .or_default()
+                .insert(class);
         }
     }
 }

@@ -16,7 +16,7 @@
 //! Every write goes through the journal, so the returned [`Delta`] is exactly the difference.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -26,7 +26,9 @@ use agent_common::{
     ipcache::PeerClass,
 };
 
-use crate::model::{Change, Namespace, NetworkPolicy, ObjectRef, Peers, Pod, PortMatch, Ports, Snapshot};
+use crate::model::{
+    Change, Namespace, NetworkPolicy, ObjectRef, Peers, Pod, PortMatch, Ports, Snapshot,
+};
 
 use super::{
     Delta, Direction, IpPrefix, NodeState,
@@ -121,8 +123,9 @@ pub struct Engine {
 
     pods_by_ns: BTreeMap<String, BTreeSet<String>>,
     policies_by_ns: BTreeMap<String, BTreeSet<String>>,
-    /// Non-hostNetwork pods listing each address; the first is its owner.
-    claims: BTreeMap<Addr, BTreeSet<ObjectRef>>,
+    /// Non-hostNetwork pods listing each address; the first is its owner. (Hash maps here
+    /// and below are only looked up, never iterated: output order cannot depend on them.)
+    claims: HashMap<Addr, BTreeSet<ObjectRef>>,
     /// Non-hostNetwork pods declaring each named port.
     named_pods: BTreeMap<NamedPort, BTreeSet<ObjectRef>>,
 
@@ -140,9 +143,9 @@ pub struct Engine {
     /// Relevant egress named ports and the policies using them.
     named_users: BTreeMap<NamedPort, BTreeMap<ObjectRef, u32>>,
     /// ipBlock CIDRs and excepts in the trie, with the number of peers using each.
-    trie_refs: BTreeMap<IpPrefix, u32>,
+    trie_refs: HashMap<IpPrefix, u32>,
     /// The signature part of every pod that has one.
-    pod_parts: BTreeMap<ObjectRef, Arc<PodPart>>,
+    pod_parts: HashMap<ObjectRef, Arc<PodPart>>,
     no_part: Arc<PodPart>,
 
     classes: ClassTable,
@@ -168,7 +171,7 @@ impl Engine {
             snapshot: Snapshot::default(),
             pods_by_ns: BTreeMap::new(),
             policies_by_ns: BTreeMap::new(),
-            claims: BTreeMap::new(),
+            claims: HashMap::new(),
             named_pods: BTreeMap::new(),
             locals: BTreeMap::new(),
             locals_by_ns: BTreeMap::new(),
@@ -179,8 +182,8 @@ impl Engine {
             held: BTreeMap::new(),
             peers: PeerTable::default(),
             named_users: BTreeMap::new(),
-            trie_refs: BTreeMap::new(),
-            pod_parts: BTreeMap::new(),
+            trie_refs: HashMap::new(),
+            pod_parts: HashMap::new(),
             no_part: Arc::default(),
             classes: ClassTable::default(),
             sets: SetTable::default(),
@@ -328,7 +331,10 @@ impl Engine {
     }
 
     fn policy_changed(&mut self, key: &ObjectRef) {
-        let names = self.policies_by_ns.entry(key.namespace.clone()).or_default();
+        let names = self
+            .policies_by_ns
+            .entry(key.namespace.clone())
+            .or_default();
         if self.snapshot.policies.contains_key(key) {
             names.insert(key.name.clone());
         } else {
@@ -348,8 +354,16 @@ impl Engine {
         let (old_peer, new_peer) = (peer_view(&old), peer_view(&new));
 
         // Address owners.
-        let old_ips: BTreeSet<Addr> = old_peer.iter().flat_map(|p| p.ips.iter()).map(|ip| Addr::from(*ip)).collect();
-        let new_ips: BTreeSet<Addr> = new_peer.iter().flat_map(|p| p.ips.iter()).map(|ip| Addr::from(*ip)).collect();
+        let old_ips: BTreeSet<Addr> = old_peer
+            .iter()
+            .flat_map(|p| p.ips.iter())
+            .map(|ip| Addr::from(*ip))
+            .collect();
+        let new_ips: BTreeSet<Addr> = new_peer
+            .iter()
+            .flat_map(|p| p.ips.iter())
+            .map(|ip| Addr::from(*ip))
+            .collect();
         for addr in old_ips.difference(&new_ips) {
             if let Some(owners) = self.claims.get_mut(addr) {
                 owners.remove(key);
@@ -367,7 +381,10 @@ impl Engine {
         // Pods by namespace, for peer scans.
         match (old_peer.is_some(), new_peer.is_some()) {
             (false, true) => {
-                self.pods_by_ns.entry(key.namespace.clone()).or_default().insert(key.name.clone());
+                self.pods_by_ns
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .insert(key.name.clone());
             }
             (true, false) => {
                 if let Some(names) = self.pods_by_ns.get_mut(&key.namespace) {
@@ -402,7 +419,10 @@ impl Engine {
             }
         }
         for port in new_named.difference(&old_named) {
-            self.named_pods.entry(port.clone()).or_default().insert(key.clone());
+            self.named_pods
+                .entry(port.clone())
+                .or_default()
+                .insert(key.clone());
         }
         if old_peer.map(|p| &p.ports) != new_peer.map(|p| &p.ports) {
             self.dirty.parts.insert(key.clone());
@@ -430,7 +450,9 @@ impl Engine {
         }
         // Endpoint entries of every address the pod had or has.
         for pod in [old.as_ref(), new.as_ref()].into_iter().flatten() {
-            self.dirty.hosts.extend(pod.ips.iter().map(|ip| Addr::from(*ip)));
+            self.dirty
+                .hosts
+                .extend(pod.ips.iter().map(|ip| Addr::from(*ip)));
         }
     }
 
@@ -563,7 +585,9 @@ impl Engine {
     fn mark_pod_hosts(&mut self, key: &ObjectRef) {
         self.dirty.parts.insert(key.clone());
         if let Some(pod) = self.snapshot.pods.get(key) {
-            self.dirty.hosts.extend(pod.ips.iter().map(|ip| Addr::from(*ip)));
+            self.dirty
+                .hosts
+                .extend(pod.ips.iter().map(|ip| Addr::from(*ip)));
         }
     }
 
@@ -571,7 +595,12 @@ impl Engine {
     fn mark_subtree(&mut self, cidr: &IpPrefix) {
         self.dirty.prefixes.insert(*cidr);
         let (first, last) = cidr.subtree_bounds();
-        for prefix in self.state.ipcache.range(first..=last).map(|(prefix, _)| prefix) {
+        for prefix in self
+            .state
+            .ipcache
+            .range(first..=last)
+            .map(|(prefix, _)| prefix)
+        {
             if cidr.contains(prefix) {
                 self.dirty.prefixes.insert(*prefix);
             }
@@ -628,7 +657,9 @@ impl Engine {
         };
         for local in touched {
             for direction in Direction::BOTH {
-                self.dirty.endpoints.insert((local.clone(), direction), None);
+                self.dirty
+                    .endpoints
+                    .insert((local.clone(), direction), None);
             }
         }
         let relevant = !now.is_empty();
@@ -656,50 +687,55 @@ impl Engine {
         }
     }
 
-    fn compile_policy(&mut self, key: &ObjectRef, policy: &NetworkPolicy) -> (CompiledPolicy, Held) {
+    fn compile_policy(
+        &mut self,
+        key: &ObjectRef,
+        policy: &NetworkPolicy,
+    ) -> (CompiledPolicy, Held) {
         let mut held = Held::default();
-        let mut compile = |engine: &mut Self, rules: &Option<Vec<crate::model::Rule>>, direction| {
-            rules.as_ref().map(|rules| {
-                rules
-                    .iter()
-                    .map(|rule| {
-                        let peers = match &rule.peers {
-                            Peers::All => None,
-                            Peers::Only(peers) => Some(
-                                peers
-                                    .iter()
-                                    .map(|peer| {
-                                        let def = PeerDef::new(peer, &key.namespace)?;
-                                        let user = (key.clone(), direction);
-                                        let id = engine.acquire_peer(def, &user);
-                                        held.peers.push((id, direction));
-                                        Some(id)
-                                    })
-                                    .collect(),
-                            ),
-                        };
-                        if direction == Direction::Egress
-                            && let Ports::Only(ports) = &rule.ports
-                        {
-                            for port in ports {
-                                if let PortMatch::Named(name) = &port.port {
-                                    let named = NamedPort {
-                                        name: name.clone(),
-                                        protocol: port.protocol,
-                                    };
-                                    engine.acquire_named(&named, key);
-                                    held.named.push(named);
+        let mut compile =
+            |engine: &mut Self, rules: &Option<Vec<crate::model::Rule>>, direction| {
+                rules.as_ref().map(|rules| {
+                    rules
+                        .iter()
+                        .map(|rule| {
+                            let peers = match &rule.peers {
+                                Peers::All => None,
+                                Peers::Only(peers) => Some(
+                                    peers
+                                        .iter()
+                                        .map(|peer| {
+                                            let def = PeerDef::new(peer, &key.namespace)?;
+                                            let user = (key.clone(), direction);
+                                            let id = engine.acquire_peer(def, &user);
+                                            held.peers.push((id, direction));
+                                            Some(id)
+                                        })
+                                        .collect(),
+                                ),
+                            };
+                            if direction == Direction::Egress
+                                && let Ports::Only(ports) = &rule.ports
+                            {
+                                for port in ports {
+                                    if let PortMatch::Named(name) = &port.port {
+                                        let named = NamedPort {
+                                            name: name.clone(),
+                                            protocol: port.protocol,
+                                        };
+                                        engine.acquire_named(&named, key);
+                                        held.named.push(named);
+                                    }
                                 }
                             }
-                        }
-                        CompiledRule {
-                            peers,
-                            ports: rule.ports.clone(),
-                        }
-                    })
-                    .collect()
-            })
-        };
+                            CompiledRule {
+                                peers,
+                                ports: rule.ports.clone(),
+                            }
+                        })
+                        .collect()
+                })
+            };
         let ingress = compile(self, &policy.ingress, Direction::Ingress);
         let egress = compile(self, &policy.egress, Direction::Egress);
         (CompiledPolicy { ingress, egress }, held)
@@ -742,7 +778,10 @@ impl Engine {
                         .flatten()
                         .map(|name| ObjectRef::new(&namespace, name))
                         .filter(|key| {
-                            self.snapshot.pods.get(key).is_some_and(|pod| def.matches_pod(pod, ns))
+                            self.snapshot
+                                .pods
+                                .get(key)
+                                .is_some_and(|pod| def.matches_pod(pod, ns))
                         })
                         .collect();
                     for key in members {
@@ -801,7 +840,13 @@ impl Engine {
     }
 
     fn mark_named_pods(&mut self, port: &NamedPort) {
-        let pods: Vec<ObjectRef> = self.named_pods.get(port).into_iter().flatten().cloned().collect();
+        let pods: Vec<ObjectRef> = self
+            .named_pods
+            .get(port)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         for pod in pods {
             self.mark_pod_hosts(&pod);
         }
@@ -831,13 +876,13 @@ impl Engine {
                 }
             }
         }
-        PodPart {
+        PodPart::new(
             peers,
-            named: named
+            named
                 .into_iter()
                 .map(|(port, numbers)| (port, numbers.into_iter().collect()))
                 .collect(),
-        }
+        )
     }
 
     /// The signature of trie prefix `prefix`, or `None` if it does not belong in the trie
@@ -845,7 +890,11 @@ impl Engine {
     fn prefix_sig(&self, prefix: &IpPrefix) -> Option<Sig> {
         let pod = prefix
             .is_host()
-            .then(|| self.claims.get(&prefix.addr).and_then(|owners| owners.first()))
+            .then(|| {
+                self.claims
+                    .get(&prefix.addr)
+                    .and_then(|owners| owners.first())
+            })
             .flatten()
             .and_then(|owner| self.pod_parts.get(owner));
         if pod.is_none() && !self.trie_refs.contains_key(prefix) {
@@ -879,7 +928,8 @@ impl Engine {
             .collect();
         let mut touched = Touched::new();
         for (prefix, class) in self.classes.assign(moves, &mut touched) {
-            self.journal.ipcache(&mut self.state, prefix, class.map(|id| PeerClass { id }));
+            self.journal
+                .ipcache(&mut self.state, prefix, class.map(|id| PeerClass { id }));
         }
         for (dep, classes) in touched {
             self.mark_dependents(&dep, &classes);
@@ -899,7 +949,12 @@ impl Engine {
             Dep::Named(port) => self
                 .named_users
                 .get(port)
-                .map(|users| users.keys().map(|policy| (policy.clone(), Direction::Egress)).collect())
+                .map(|users| {
+                    users
+                        .keys()
+                        .map(|policy| (policy.clone(), Direction::Egress))
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         for (policy, direction) in users {
@@ -924,7 +979,8 @@ impl Engine {
         let mut targets = Vec::new();
         let mut moves = Vec::new();
         for ((key, direction), scope) in dirty {
-            let (Some(local), Some(pod)) = (self.locals.get_mut(&key), self.snapshot.pods.get(&key))
+            let (Some(local), Some(pod)) =
+                (self.locals.get_mut(&key), self.snapshot.pods.get(&key))
             else {
                 continue;
             };
@@ -938,19 +994,39 @@ impl Engine {
                 // Only some classes changed and the endpoint is not isolated: nothing to do.
                 (Some(_), None) => continue,
                 (Some(classes), Some(set)) => {
-                    let fresh = sets::content(pod, direction, policies, Some(&classes), &self.classes, &mut self.rules);
+                    let fresh = sets::content(
+                        pod,
+                        direction,
+                        policies,
+                        Some(&classes),
+                        &self.classes,
+                        &mut self.rules,
+                    );
                     match (fresh, self.sets.get(set)) {
-                        (Some(fresh), Some(current)) => Target::Patch(current.patch_to(&fresh, &classes)),
+                        (Some(fresh), Some(current)) => {
+                            Target::Patch(current.patch_to(&fresh, &classes))
+                        }
                         (Some(fresh), None) => Target::Content(fresh),
                         (None, _) => Target::NotIsolated,
                     }
                 }
-                (None, _) => match sets::content(pod, direction, policies, None, &self.classes, &mut self.rules) {
+                (None, _) => match sets::content(
+                    pod,
+                    direction,
+                    policies,
+                    None,
+                    &self.classes,
+                    &mut self.rules,
+                ) {
                     Some(content) => Target::Content(content),
                     None => Target::NotIsolated,
                 },
             };
-            moves.push(SetMove { direction, old, new });
+            moves.push(SetMove {
+                direction,
+                old,
+                new,
+            });
             targets.push(Some((key, direction)));
         }
         for mut local in departed {

@@ -6,7 +6,7 @@
 //! looked up, never iterated, so output order cannot depend on it).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{DefaultHasher, Hash, Hasher},
 };
 
@@ -65,6 +65,11 @@ impl<C: Hash + Eq> Interner<C> {
             }
             return (id, false);
         }
+        (self.insert(content, 1), true)
+    }
+
+    /// A new id for `content` with `refs` references.
+    fn insert(&mut self, content: C, refs: u32) -> u32 {
         let id = loop {
             let candidate = self.next.max(self.first);
             self.next = candidate.wrapping_add(1);
@@ -73,8 +78,8 @@ impl<C: Hash + Eq> Interner<C> {
             }
         };
         self.by_hash.entry(hash_of(&content)).or_default().push(id);
-        self.slots.insert(id, Slot { content, refs: 1 });
-        (id, true)
+        self.slots.insert(id, Slot { content, refs });
+        id
     }
 
     /// Drops a reference; returns the content when the id died.
@@ -101,7 +106,10 @@ impl<C: Hash + Eq> Interner<C> {
     }
 
     fn unindex(&mut self, id: u32, content: &C) {
-        let hash = hash_of(content);
+        self.unindex_hash(id, hash_of(content));
+    }
+
+    fn unindex_hash(&mut self, id: u32, hash: u64) {
         if let Some(ids) = self.by_hash.get_mut(&hash) {
             ids.retain(|other| *other != id);
             if ids.is_empty() {
@@ -144,11 +152,11 @@ impl<C: Hash + Eq> Interner<C> {
     /// `None` on either side means "no interned content" (the caller's special ids: world
     /// class, empty set, not isolated). Returns each member's new id.
     ///
-    /// When every member of an id moves, the id follows the members that keep its content,
-    /// or else the largest group of them that moves to a content no id holds (the id is
-    /// renamed: those members keep their id and only its content changes). Everything else
-    /// acquires its new content before releasing its old one, so a member that stays never
-    /// makes its id die and come back.
+    /// Ids follow their members, so as few members as possible change id: each new content
+    /// goes to the old id that brings it most members, if that id may take it (it holds the
+    /// content already, or every member of it is moved so its content is free to change); the
+    /// id is then renamed. A content an id holds for members that do not move stays with it.
+    /// Other contents get new ids, and ids left without members die.
     pub(crate) fn reassign(
         &mut self,
         moves: Vec<(Option<u32>, Option<C>)>,
@@ -157,74 +165,151 @@ impl<C: Hash + Eq> Interner<C> {
     where
         C: Clone,
     {
-        let mut decided: Vec<Option<Option<u32>>> = vec![None; moves.len()];
-        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (index, (old, _)) in moves.iter().enumerate() {
+        // Distinct new contents ("targets") and each move's target.
+        let mut targets: Vec<C> = Vec::new();
+        let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut olds = Vec::with_capacity(moves.len());
+        let mut target_of = Vec::with_capacity(moves.len());
+        for (old, new) in moves {
+            olds.push(old);
+            target_of.push(new.map(|content| {
+                let candidates = by_hash.entry(hash_of(&content)).or_default();
+                match candidates.iter().find(|t| targets[**t] == content) {
+                    Some(target) => *target,
+                    None => {
+                        candidates.push(targets.len());
+                        targets.push(content);
+                        targets.len() - 1
+                    }
+                }
+            }));
+        }
+
+        // How many members of each old id move, and to which target.
+        let mut moving: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut pairs: BTreeMap<(usize, u32), u32> = BTreeMap::new();
+        for (old, target) in olds.iter().zip(&target_of) {
             if let Some(old) = old {
-                groups.entry(*old).or_default().push(index);
-            }
-        }
-        for (id, members) in &groups {
-            if members.len() != self.refs(*id) as usize {
-                continue;
-            }
-            // Every member moves: split them by new content.
-            let mut subgroups: Vec<(&C, Vec<usize>)> = Vec::new();
-            for index in members {
-                let Some(content) = moves[*index].1.as_ref() else {
-                    continue;
-                };
-                match subgroups.iter_mut().find(|(other, _)| *other == content) {
-                    Some((_, indices)) => indices.push(*index),
-                    None => subgroups.push((content, vec![*index])),
+                *moving.entry(*old).or_default() += 1;
+                if let Some(target) = target {
+                    *pairs.entry((*target, *old)).or_default() += 1;
                 }
             }
-            // Members that keep the content keep the id; otherwise the largest group moving
-            // to a content no id holds takes the id with it.
-            let keeper = match subgroups.iter().position(|(content, _)| self.get(*id) == Some(*content)) {
-                Some(staying) => Some(staying),
-                None => subgroups
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (content, _))| self.id_of(content).is_none())
-                    .max_by_key(|(position, (_, indices))| (indices.len(), std::cmp::Reverse(*position)))
-                    .map(|(position, _)| position),
+        }
+        let free =
+            |interner: &Self, id: u32| moving.get(&id).copied().unwrap_or(0) == interner.refs(id);
+        let holders: Vec<Option<u32>> = targets.iter().map(|content| self.id_of(content)).collect();
+
+        let mut id_of_target: Vec<Option<u32>> = vec![None; targets.len()];
+        let mut taken: BTreeSet<u32> = BTreeSet::new();
+        // A content held for members that stay stays with its holder.
+        for (target, holder) in holders.iter().enumerate() {
+            if let Some(holder) = holder
+                && !free(self, *holder)
+            {
+                id_of_target[target] = Some(*holder);
+                taken.insert(*holder);
+            }
+        }
+        // Then the largest contributions first (an id keeping its content wins a tie).
+        let mut ranked: Vec<((usize, u32), u32)> = pairs.into_iter().collect();
+        ranked.sort_by_key(|((target, id), count)| {
+            (
+                std::cmp::Reverse(*count),
+                holders[*target] != Some(*id),
+                *target,
+                *id,
+            )
+        });
+        for ((target, id), _) in ranked {
+            if id_of_target[target].is_some() || taken.contains(&id) || !free(self, id) {
+                continue;
+            }
+            let holder_gives_way = match holders[target] {
+                None => true,
+                Some(holder) => holder == id || free(self, holder),
             };
-            let Some((content, indices)) = keeper.map(|position| &subgroups[position]) else {
-                continue;
-            };
-            if self.get(*id) != Some(*content) {
-                let content = (*content).clone();
-                if let Some(old) = self.rename(*id, content) {
-                    events.push(Event::Renamed { id: *id, old });
+            if holder_gives_way {
+                id_of_target[target] = Some(id);
+                taken.insert(id);
+            }
+        }
+        // Holders not claimed by another content keep theirs.
+        for (target, holder) in holders.iter().enumerate() {
+            if let Some(holder) = holder
+                && id_of_target[target].is_none()
+                && !taken.contains(holder)
+            {
+                id_of_target[target] = Some(*holder);
+                taken.insert(*holder);
+            }
+        }
+
+        // Renames first (all old hashes out, then all new ones in, so swaps are fine), then
+        // new ids.
+        let mut renamed = Vec::new();
+        for (target, id) in id_of_target.iter().enumerate() {
+            if let Some(id) = id
+                && self.get(*id) != Some(&targets[target])
+            {
+                renamed.push((*id, target));
+            }
+        }
+        for (id, _) in &renamed {
+            if let Some(slot) = self.slots.get(id) {
+                let hash = hash_of(&slot.content);
+                self.unindex_hash(*id, hash);
+            }
+        }
+        for (id, target) in &renamed {
+            let content = targets[*target].clone();
+            let hash = hash_of(&content);
+            if let Some(slot) = self.slots.get_mut(id) {
+                let old = std::mem::replace(&mut slot.content, content);
+                events.push(Event::Renamed { id: *id, old });
+            }
+            self.by_hash.entry(hash).or_default().push(*id);
+        }
+        for (target, id) in id_of_target.iter_mut().enumerate() {
+            if id.is_none() {
+                let new = self.insert(targets[target].clone(), 0);
+                events.push(Event::Created { id: new });
+                *id = Some(new);
+            }
+        }
+
+        // Move the references; ids left with none die.
+        let mut result = Vec::with_capacity(olds.len());
+        let mut emptied = BTreeSet::new();
+        for (old, target) in olds.into_iter().zip(target_of) {
+            let new = target.and_then(|target| id_of_target[target]);
+            if old != new {
+                if let Some(slot) = new.and_then(|id| self.slots.get_mut(&id)) {
+                    slot.refs += 1;
+                }
+                if let Some(old) = old
+                    && let Some(slot) = self.slots.get_mut(&old)
+                {
+                    slot.refs = slot.refs.saturating_sub(1);
+                    if slot.refs == 0 {
+                        emptied.insert(old);
+                    }
                 }
             }
-            // The others acquire their content and release this id below.
-            for index in indices {
-                decided[*index] = Some(Some(*id));
+            result.push(new);
+        }
+        for id in emptied {
+            if self.refs(id) == 0
+                && let Some(slot) = self.slots.remove(&id)
+            {
+                self.unindex(id, &slot.content);
+                events.push(Event::Died {
+                    id,
+                    old: slot.content,
+                });
             }
         }
-        let mut releases = Vec::new();
-        for (index, (old, new)) in moves.into_iter().enumerate() {
-            if decided[index].is_some() {
-                continue;
-            }
-            let new_id = new.map(|content| {
-                let (id, created) = self.acquire(content);
-                if created {
-                    events.push(Event::Created { id });
-                }
-                id
-            });
-            decided[index] = Some(new_id);
-            releases.extend(old);
-        }
-        for id in releases {
-            if let Some(old) = self.release(id) {
-                events.push(Event::Died { id, old });
-            }
-        }
-        decided.into_iter().map(Option::flatten).collect()
+        result
     }
 }
 
@@ -270,7 +355,10 @@ mod tests {
         let (a, _) = interner.acquire("a");
         interner.acquire("a");
         let mut events = Vec::new();
-        let ids = interner.reassign(vec![(Some(a), Some("b")), (Some(a), Some("b"))], &mut events);
+        let ids = interner.reassign(
+            vec![(Some(a), Some("b")), (Some(a), Some("b"))],
+            &mut events,
+        );
         assert_eq!(ids, vec![Some(a), Some(a)]);
         assert_eq!(events, vec![Event::Renamed { id: a, old: "a" }]);
     }
@@ -296,12 +384,19 @@ mod tests {
         interner.acquire("a");
         let mut events = Vec::new();
         let ids = interner.reassign(
-            vec![(Some(a), Some("c")), (Some(a), Some("b")), (Some(a), Some("b"))],
+            vec![
+                (Some(a), Some("c")),
+                (Some(a), Some("b")),
+                (Some(a), Some("b")),
+            ],
             &mut events,
         );
         let c = ids[0].expect("c interned");
         assert_eq!(ids, vec![Some(c), Some(a), Some(a)]);
-        assert_eq!(events, vec![Event::Renamed { id: a, old: "a" }, Event::Created { id: c }]);
+        assert_eq!(
+            events,
+            vec![Event::Renamed { id: a, old: "a" }, Event::Created { id: c }]
+        );
         assert_eq!((interner.refs(a), interner.refs(c)), (2, 1));
         assert_eq!(interner.get(a), Some(&"b"));
     }

@@ -4,7 +4,7 @@
 //! A pod/namespace selector peer keeps the set of pods it matches; an ipBlock peer is indexed by
 //! its CIDR so the ipBlock part of a prefix's signature is found by looking up its ancestors.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{Namespace, ObjectRef, Peer, Pod, Protocol};
 
@@ -125,10 +125,41 @@ pub(crate) struct PeerTable {
     next: PeerId,
     /// Pod peers each pod belongs to.
     pod_peers: BTreeMap<ObjectRef, BTreeSet<PeerId>>,
-    /// ipBlock peers by CIDR.
-    cidrs: BTreeMap<IpPrefix, BTreeSet<PeerId>>,
-    /// How many ipBlock CIDRs have each (family, length): the ancestor lengths worth trying.
-    cidr_lens: BTreeMap<(u32, u8), u32>,
+    /// ipBlock peers by CIDR (only looked up).
+    cidrs: HashMap<IpPrefix, BTreeSet<PeerId>>,
+    /// ipBlock peers by except (only looked up).
+    excepts: HashMap<IpPrefix, BTreeSet<PeerId>>,
+    /// How many CIDRs and excepts have each (family, length): the ancestor lengths worth
+    /// trying.
+    block_lens: BTreeMap<(u32, u8), u32>,
+}
+
+/// Adds (`add`) or removes `id` under `prefix` in `index`, counting lengths in `lens`.
+fn index_block(
+    index: &mut HashMap<IpPrefix, BTreeSet<PeerId>>,
+    lens: &mut BTreeMap<(u32, u8), u32>,
+    prefix: &IpPrefix,
+    id: PeerId,
+    add: bool,
+) {
+    let key = (prefix.addr.family, prefix.len);
+    if add {
+        index.entry(*prefix).or_default().insert(id);
+        *lens.entry(key).or_default() += 1;
+        return;
+    }
+    if let Some(ids) = index.get_mut(prefix) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            index.remove(prefix);
+        }
+    }
+    if let Some(count) = lens.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            lens.remove(&key);
+        }
+    }
 }
 
 impl PeerTable {
@@ -165,9 +196,11 @@ impl PeerTable {
                 break candidate;
             }
         };
-        if let PeerDef::IpBlock { cidr, .. } = &def {
-            self.cidrs.entry(*cidr).or_default().insert(id);
-            *self.cidr_lens.entry((cidr.addr.family, cidr.len)).or_default() += 1;
+        if let PeerDef::IpBlock { cidr, except } = &def {
+            index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, true);
+            for carve in except {
+                index_block(&mut self.excepts, &mut self.block_lens, carve, id, true);
+            }
         }
         self.by_def.insert(def.clone(), id);
         self.peers.insert(
@@ -204,19 +237,10 @@ impl PeerTable {
                 }
             }
         }
-        if let PeerDef::IpBlock { cidr, .. } = &state.def {
-            if let Some(ids) = self.cidrs.get_mut(cidr) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.cidrs.remove(cidr);
-                }
-            }
-            let key = (cidr.addr.family, cidr.len);
-            if let Some(count) = self.cidr_lens.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    self.cidr_lens.remove(&key);
-                }
+        if let PeerDef::IpBlock { cidr, except } = &state.def {
+            index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, false);
+            for carve in except {
+                index_block(&mut self.excepts, &mut self.block_lens, carve, id, false);
             }
         }
         Some(state)
@@ -250,25 +274,24 @@ impl PeerTable {
     /// it and no except that is. Because the trie holds every CIDR and except, this is also the
     /// ipBlock membership of every address whose longest match is `prefix`.
     pub(crate) fn ip_blocks_containing(&self, prefix: &IpPrefix) -> Vec<PeerId> {
-        let mut found = Vec::new();
+        let (mut included, mut excluded) = (Vec::new(), Vec::new());
         let family = prefix.addr.family;
-        for (_, len) in self.cidr_lens.range((family, 0)..=(family, prefix.len)).map(|(k, _)| *k) {
+        for (_, len) in self
+            .block_lens
+            .range((family, 0)..=(family, prefix.len))
+            .map(|(k, _)| *k)
+        {
             let ancestor = IpPrefix::new(prefix.addr, len);
-            for id in self.cidrs.get(&ancestor).into_iter().flatten() {
-                let Some(PeerState {
-                    def: PeerDef::IpBlock { except, .. },
-                    ..
-                }) = self.peers.get(id)
-                else {
-                    continue;
-                };
-                if !except.iter().any(|carve| carve.contains(prefix)) {
-                    found.push(*id);
-                }
-            }
+            included.extend(self.cidrs.get(&ancestor).into_iter().flatten());
+            excluded.extend(self.excepts.get(&ancestor).into_iter().flatten());
         }
-        found.sort_unstable();
-        found
+        included.sort_unstable();
+        included.dedup();
+        if !excluded.is_empty() {
+            excluded.sort_unstable();
+            included.retain(|id| excluded.binary_search(id).is_err());
+        }
+        included
     }
 
     pub(crate) fn len(&self) -> usize {

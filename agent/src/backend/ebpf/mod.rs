@@ -45,8 +45,10 @@ pub const PROG_FROM_POD: &str = "netpol_from_pod";
 pub const PROG_TO_POD: &str = "netpol_to_pod";
 /// Program for tc egress of an uplink (a pod's egress after DNAT).
 pub const PROG_TO_UPLINK: &str = "netpol_to_uplink";
+/// The benchmark's baseline: a program that only returns (never attached).
+pub const PROG_FLOOR: &str = "netpol_floor";
 /// Every program in the object.
-pub const PROGRAMS: [&str; 3] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK];
+pub const PROGRAMS: [&str; 4] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK, PROG_FLOOR];
 
 /// Maps that keep state across agent restarts when pinned: everything but the event array,
 /// whose buffers belong to the reader.

@@ -1,0 +1,268 @@
+//! `cargo xtask bench datapath`: nanoseconds per packet through BPF_PROG_TEST_RUN (the kernel
+//! times `repeat` runs and reports the mean), needs root.
+//!
+//! - the floor: `netpol_floor`, a program that only returns (what a test run costs);
+//! - a new connection's verdict (a denied flow never becomes tracked, so every run is a full
+//!   decision: endpoint, connection-tracking misses, peer class, policy lookups, drop count)
+//!   with compiled states of 0, 100, 1,000 and 10,000 policies;
+//! - an established connection (a tracked flow: the connection-tracking hit);
+//! each over IPv4 and IPv6. Figures only; recorded in `docs/DATAPATH-BENCH.md`.
+
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+
+use aya::programs::{TestRun, TestRunOptions};
+use netpol_agent::{
+    backend::{
+        Backend, PodInterfaces,
+        ebpf::{Datapath, EbpfBackend, MapSizes, PROG_FLOOR, PROG_TO_POD},
+    },
+    model::{
+        Cidr, IpBlock, Labels, Namespace, NetworkPolicy, Peer, Peers, Pod, PolicyPort, PortMatch,
+        Ports, Protocol, Rule, Selector, Snapshot,
+    },
+    policy::compile,
+};
+
+const REPEAT: u32 = 1_000_000;
+const NAMESPACES: usize = 500;
+const PODS_PER_NAMESPACE: usize = 20;
+const NODE: &str = "node-local";
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn pod_ips(k: usize) -> BTreeSet<IpAddr> {
+    let v4 = format!("10.{}.{}.{}", 64 + k / 65536, (k / 256) % 256, k % 256);
+    let v6 = format!("fd00:10:244::{:x}", k + 1);
+    [v4.parse().expect("valid"), v6.parse().expect("valid")].into()
+}
+
+/// 10,000 dual-stack pods in 500 namespaces (110 on this node) and `policies` policies; the
+/// first selects the measured pod (`ns-000/pod-0`, local) and allows only `access=granted`.
+fn cluster(policies: usize) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for ns in 0..NAMESPACES {
+        let name = format!("ns-{ns:03}");
+        let namespace = Namespace::new(
+            name.clone(),
+            labels(&[("team", format!("team-{}", ns % 25))]),
+        );
+        snapshot.namespaces.insert(name, namespace);
+        for index in 0..PODS_PER_NAMESPACE {
+            let k = ns * PODS_PER_NAMESPACE + index;
+            let role = ["web", "api", "db", "cache"][k % 4];
+            let pod = Pod {
+                namespace: format!("ns-{ns:03}"),
+                name: format!("pod-{index}"),
+                labels: labels(&[
+                    ("app", role.to_owned()),
+                    ("access", if k == 1 { "granted" } else { "none" }.to_owned()),
+                ]),
+                ips: pod_ips(k),
+                node: Some(if k % 91 == 0 { NODE } else { "elsewhere" }.to_owned()),
+                host_network: false,
+                ports: Vec::new(),
+            };
+            snapshot.pods.insert(pod.key(), pod);
+        }
+    }
+    for index in 0..policies {
+        let ns = index % NAMESPACES;
+        let policy = if index == 0 {
+            NetworkPolicy {
+                namespace: "ns-000".to_owned(),
+                name: "measured".to_owned(),
+                pod_selector: Selector::labels([("app", "web")]),
+                ingress: Some(vec![Rule {
+                    peers: Peers::Only(vec![Peer::Pods {
+                        namespaces: None,
+                        pods: Selector::labels([("access", "granted")]),
+                    }]),
+                    ports: Ports::Only(vec![PolicyPort {
+                        protocol: Protocol::Tcp,
+                        port: PortMatch::Number(80),
+                    }]),
+                }]),
+                egress: None,
+            }
+        } else {
+            let role = ["web", "api", "db", "cache"][index % 4];
+            NetworkPolicy {
+                namespace: format!("ns-{ns:03}"),
+                name: format!("policy-{index}"),
+                pod_selector: Selector::labels([("app", role)]),
+                ingress: Some(vec![Rule {
+                    peers: Peers::Only(vec![
+                        Peer::Pods {
+                            namespaces: Some(Selector::labels([(
+                                "team",
+                                format!("team-{}", index % 25),
+                            )])),
+                            pods: Selector::labels([(
+                                "app",
+                                ["web", "api", "db", "cache"][(index + 1) % 4],
+                            )]),
+                        },
+                        Peer::IpBlock(IpBlock {
+                            cidr: Cidr::parse(&format!("172.{}.0.0/16", 16 + index % 16))
+                                .expect("valid"),
+                            except: vec![
+                                Cidr::parse(&format!(
+                                    "172.{}.{}.0/24",
+                                    16 + index % 16,
+                                    index % 256
+                                ))
+                                .expect("valid"),
+                            ],
+                        }),
+                    ]),
+                    ports: Ports::Only(vec![
+                        PolicyPort {
+                            protocol: Protocol::Tcp,
+                            port: PortMatch::Number(8000 + (index % 100) as u16),
+                        },
+                        PolicyPort {
+                            protocol: Protocol::Tcp,
+                            port: PortMatch::Range {
+                                start: 9000,
+                                end: 9000 + (index % 64) as u16,
+                            },
+                        },
+                    ]),
+                }]),
+                egress: None,
+            }
+        };
+        snapshot.policies.insert(policy.key(), policy);
+    }
+    snapshot
+}
+
+fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
+            frame.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&20u16.to_be_bytes());
+            ip[6] = 6;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&src.octets());
+            ip[24..40].copy_from_slice(&dst.octets());
+            frame.extend_from_slice(&ip);
+        }
+        _ => unreachable!("one family per flow"),
+    }
+    frame.extend_from_slice(&tcp);
+    frame
+}
+
+/// Mean nanoseconds per run of `program` on `frame` (a forwarded packet).
+fn measure(datapath: &mut Datapath, program: &'static str, frame: &[u8]) -> u128 {
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&7u32.to_ne_bytes());
+    let program = datapath.program(program).expect("program loaded");
+    let options = TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat: REPEAT,
+        ..TestRunOptions::default()
+    };
+    let result = program.test_run(options).expect("test run");
+    let duration: Duration = result.duration;
+    duration.as_nanos()
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("bench datapath: loading programs needs root");
+        std::process::exit(2);
+    }
+    let datapath = Datapath::load(MapSizes::default()).expect("the datapath loads");
+    let mut backend = EbpfBackend::new(datapath).expect("backend");
+    let target = pod_ips(0);
+    let denied_from = pod_ips(2);
+    let allowed_from = pod_ips(1);
+
+    println!("datapath: ns per packet through BPF_PROG_TEST_RUN, repeat {REPEAT} (mean per run)");
+    println!("{:<44} {:>10} {:>10}", "case", "IPv4", "IPv6");
+    let row = |name: &str, v4: u128, v6: u128| println!("{name:<44} {v4:>10} {v6:>10}");
+    let pick = |set: &BTreeSet<IpAddr>, v4: bool| {
+        *set.iter()
+            .find(|ip| ip.is_ipv4() == v4)
+            .expect("dual stack")
+    };
+
+    let frame = |v4: bool, from: &BTreeSet<IpAddr>, sport: u16| {
+        tcp_frame(pick(from, v4), pick(&target, v4), sport, 80, 0x02)
+    };
+    let floor = [true, false].map(|v4| {
+        measure(
+            backend.datapath_mut(),
+            PROG_FLOOR,
+            &frame(v4, &denied_from, 1000),
+        )
+    });
+    row("floor (a program that only returns)", floor[0], floor[1]);
+
+    let mut established = [0u128; 2];
+    for policies in [0usize, 100, 1_000, 10_000] {
+        let snapshot = cluster(policies);
+        let state = compile(&snapshot, NODE);
+        backend.datapath_mut().clear().expect("maps emptied");
+        backend
+            .converge(&state, &PodInterfaces::new())
+            .expect("converged");
+        let verdict = [true, false].map(|v4| {
+            measure(
+                backend.datapath_mut(),
+                PROG_TO_POD,
+                &frame(v4, &denied_from, 2000),
+            )
+        });
+        row(
+            &format!(
+                "new connection, {policies} policies ({} entries)",
+                state.policy.len()
+            ),
+            verdict[0],
+            verdict[1],
+        );
+        if policies == 10_000 {
+            established = [true, false].map(|v4| {
+                measure(
+                    backend.datapath_mut(),
+                    PROG_TO_POD,
+                    &frame(v4, &allowed_from, 3000),
+                )
+            });
+        }
+    }
+    row(
+        "established (conntrack hit), 10,000 policies",
+        established[0],
+        established[1],
+    );
+}
