@@ -5,76 +5,19 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use netpol_tests::{
-    agent::{Agent, AgentOptions},
+    agent::Agent,
     netns::Stream,
+    objects::{ObjectsDir, STEP_TIMEOUT, metric, play_all, start_agent, within},
     require_root,
-    scenarios::{ACCESS_NGINX, NODE, World, cluster_yaml, play_step, scenarios, write_atomically},
+    scenarios::{ACCESS_NGINX, World},
 };
-
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
 }
 
-/// A temporary objects directory, removed on drop.
-struct ObjectsDir(PathBuf);
-
-impl ObjectsDir {
-    fn new(test: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("netpol-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("objects dir");
-        write_atomically(&path.join("cluster.yaml"), &cluster_yaml()).expect("cluster objects");
-        Self(path)
-    }
-
-    fn write(&self, name: &str, content: &str) {
-        write_atomically(&self.0.join(name), content).expect("write object file");
-    }
-}
-
-impl Drop for ObjectsDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start_agent(world: &World, objects: &ObjectsDir, pin_dir: Option<PathBuf>) -> Agent {
-    let mut agent = Agent::start(
-        &world.node.node,
-        AgentOptions {
-            node_name: NODE.to_owned(),
-            source: vec!["--objects-dir".to_owned(), objects.0.display().to_string()],
-            extra: vec!["--service-cidr".to_owned(), "10.96.0.0/16".to_owned()],
-            pin_dir,
-        },
-    )
-    .expect("the agent starts");
-    agent
-        .wait_ready(&world.node.node, READY_TIMEOUT)
-        .expect("the agent gets ready");
-    agent
-}
-
-/// Polls `check` every 50 ms until it holds or `timeout` passes; returns how long it took.
-fn within(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = std::time::Instant::now();
-    while start.elapsed() < timeout {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn start(world: &World, objects: &ObjectsDir, pin_dir: Option<PathBuf>) -> Agent {
+    start_agent(world, objects, &[], pin_dir)
 }
 
 #[test]
@@ -84,20 +27,8 @@ fn the_four_seed_scenarios_hold_through_an_objects_dir() {
     }
     let world = World::build();
     let objects = ObjectsDir::new("scenarios");
-    let agent = start_agent(&world, &objects, None);
-    for scenario in scenarios() {
-        for step in &scenario.steps {
-            let result = play_step(&world, &objects.0, step, STEP_TIMEOUT).expect("step runs");
-            assert!(
-                result.ok(),
-                "{} / {}:\n{}\nagent log:\n{}",
-                scenario.title,
-                step.title,
-                result.table(),
-                agent.log_text()
-            );
-        }
-    }
+    let agent = start(&world, &objects, None);
+    play_all(&world, &objects, &agent);
 }
 
 #[test]
@@ -107,7 +38,7 @@ fn policy_changes_take_effect_within_seconds() {
     }
     let world = World::build();
     let objects = ObjectsDir::new("latency");
-    let agent = start_agent(&world, &objects, None);
+    let agent = start(&world, &objects, None);
     let busybox = &world.node.pods[1].netns;
     let nginx = ip("10.244.1.10");
     let quick = Duration::from_millis(200);
@@ -144,7 +75,7 @@ fn a_restart_keeps_enforcing_and_protects_pods_added_meanwhile() {
     let mut world = World::build();
     let objects = ObjectsDir::new("restart");
     objects.write("policy.yaml", ACCESS_NGINX);
-    let mut agent = start_agent(&world, &objects, None);
+    let mut agent = start(&world, &objects, None);
     let pin_dir = agent.pin_dir.clone();
     let nginx = ip("10.244.1.10");
     let (busybox, access) = (1, 2);
@@ -181,7 +112,7 @@ fn a_restart_keeps_enforcing_and_protects_pods_added_meanwhile() {
     );
 
     let restarted = std::time::Instant::now();
-    let mut agent = start_agent(&world, &objects, Some(pin_dir));
+    let mut agent = start(&world, &objects, Some(pin_dir));
     within(STEP_TIMEOUT, || {
         !world.node.pods[busybox].netns.tcp_probe_within(
             ip("10.244.1.13"),
@@ -217,7 +148,7 @@ fn the_disable_network_policy_switch_removes_and_restores_enforcement() {
     let world = World::build();
     let objects = ObjectsDir::new("switch");
     objects.write("policy.yaml", ACCESS_NGINX);
-    let agent = start_agent(&world, &objects, None);
+    let agent = start(&world, &objects, None);
     let busybox = &world.node.pods[1].netns;
     let nginx = ip("10.244.1.10");
     assert!(
@@ -261,7 +192,7 @@ fn bad_input_is_reported_and_disturbs_nothing_else() {
     let world = World::build();
     let objects = ObjectsDir::new("bad-input");
     objects.write("policy.yaml", ACCESS_NGINX);
-    let agent = start_agent(&world, &objects, None);
+    let agent = start(&world, &objects, None);
     let (busybox, access) = (&world.node.pods[1].netns, &world.node.pods[2].netns);
     let nginx = ip("10.244.1.10");
     assert!(

@@ -2,75 +2,15 @@
 //! kernel), from an objects directory on a simulated node with real traffic: the four seed
 //! scenarios, the `disable_network_policy` switch, counters, and `cleanup`.
 
-use std::{path::PathBuf, time::Duration};
-
 use netpol_tests::{
-    agent::{Agent, AgentOptions},
+    agent::Agent,
+    objects::{ObjectsDir, STEP_TIMEOUT, metric, play_all, start_agent, within},
     require_root,
-    scenarios::{ACCESS_NGINX, NODE, World, cluster_yaml, play_step, scenarios, write_atomically},
+    scenarios::{ACCESS_NGINX, World},
 };
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A temporary objects directory, removed on drop.
-struct ObjectsDir(PathBuf);
-
-impl ObjectsDir {
-    fn new(test: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("netpol-ipt-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("objects dir");
-        write_atomically(&path.join("cluster.yaml"), &cluster_yaml()).expect("cluster objects");
-        Self(path)
-    }
-
-    fn write(&self, name: &str, content: &str) {
-        write_atomically(&self.0.join(name), content).expect("write object file");
-    }
-}
-
-impl Drop for ObjectsDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start_agent(world: &World, objects: &ObjectsDir, backend: &[&str]) -> Agent {
-    let mut extra: Vec<String> = backend.iter().map(|arg| (*arg).to_owned()).collect();
-    extra.extend(["--service-cidr".to_owned(), "10.96.0.0/16".to_owned()]);
-    let mut agent = Agent::start(
-        &world.node.node,
-        AgentOptions {
-            node_name: NODE.to_owned(),
-            source: vec!["--objects-dir".to_owned(), objects.0.display().to_string()],
-            extra,
-            pin_dir: None,
-        },
-    )
-    .expect("the agent starts");
-    agent
-        .wait_ready(&world.node.node, READY_TIMEOUT)
-        .expect("the agent gets ready");
-    agent
-}
-
-fn within(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < timeout {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn start(world: &World, objects: &ObjectsDir, backend: &[&str]) -> Agent {
+    start_agent(world, objects, backend, None)
 }
 
 /// `iptables-save` of the node (whatever flavour), for assertions about what is left.
@@ -90,22 +30,6 @@ fn node_rules(world: &World) -> String {
     all
 }
 
-fn play_all(world: &World, objects: &ObjectsDir, agent: &Agent) {
-    for scenario in scenarios() {
-        for step in &scenario.steps {
-            let result = play_step(world, &objects.0, step, STEP_TIMEOUT).expect("step runs");
-            assert!(
-                result.ok(),
-                "{} / {}:\n{}\nagent log:\n{}",
-                scenario.title,
-                step.title,
-                result.table(),
-                agent.log_text()
-            );
-        }
-    }
-}
-
 #[test]
 fn the_four_seed_scenarios_hold_with_the_iptables_backend() {
     if !require_root("the_four_seed_scenarios_hold_with_the_iptables_backend") {
@@ -113,7 +37,7 @@ fn the_four_seed_scenarios_hold_with_the_iptables_backend() {
     }
     let world = World::build();
     let objects = ObjectsDir::new("scenarios");
-    let agent = start_agent(&world, &objects, &["--backend", "iptables"]);
+    let agent = start(&world, &objects, &["--backend", "iptables"]);
     play_all(&world, &objects, &agent);
     let metrics = agent.metrics(&world.node.node).expect("metrics");
     assert!(
@@ -136,7 +60,7 @@ fn auto_picks_iptables_on_a_kernel_older_than_4_19_and_enforces() {
     let world = World::build();
     let objects = ObjectsDir::new("auto");
     objects.write("policy.yaml", ACCESS_NGINX);
-    let agent = start_agent(
+    let agent = start(
         &world,
         &objects,
         &["--backend", "auto", "--assume-kernel", "4.14"],
@@ -154,7 +78,7 @@ fn auto_picks_iptables_on_a_kernel_older_than_4_19_and_enforces() {
     let nginx = "10.244.1.10".parse().expect("address");
     let (busybox, access) = (&world.node.pods[1].netns, &world.node.pods[2].netns);
     assert!(
-        within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)),
+        within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)).is_some(),
         "denied"
     );
     assert!(access.tcp_probe(nginx, 80), "allowed");
@@ -172,11 +96,11 @@ fn the_switch_and_counters_work_with_the_iptables_backend() {
     let world = World::build();
     let objects = ObjectsDir::new("switch");
     objects.write("policy.yaml", ACCESS_NGINX);
-    let agent = start_agent(&world, &objects, &["--backend", "iptables"]);
+    let agent = start(&world, &objects, &["--backend", "iptables"]);
     let nginx = "10.244.1.10".parse().expect("address");
     let (busybox, access) = (&world.node.pods[1].netns, &world.node.pods[2].netns);
     assert!(
-        within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)),
+        within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)).is_some(),
         "enforced"
     );
     assert!(access.tcp_probe(nginx, 80), "allowed");
@@ -188,7 +112,7 @@ fn the_switch_and_counters_work_with_the_iptables_backend() {
         ) >= 1.0
     });
     let metrics = agent.metrics(&world.node.node).unwrap_or_default();
-    assert!(counted, "policy drops are counted:\n{metrics}");
+    assert!(counted.is_some(), "policy drops are counted:\n{metrics}");
     let eni_config = |value: &str| {
         format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: eni-config\n  namespace: kube-system\ndata:\n  disable_network_policy: \"{value}\"\n"
@@ -196,12 +120,12 @@ fn the_switch_and_counters_work_with_the_iptables_backend() {
     };
     objects.write("eni-config.yaml", &eni_config("true"));
     assert!(
-        within(STEP_TIMEOUT, || busybox.tcp_probe(nginx, 80)),
+        within(STEP_TIMEOUT, || busybox.tcp_probe(nginx, 80)).is_some(),
         "switched off"
     );
     objects.write("eni-config.yaml", &eni_config("false"));
     assert!(
-        within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)),
+        within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)).is_some(),
         "switched back on"
     );
 }

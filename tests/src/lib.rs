@@ -4,6 +4,7 @@
 //! - [`netns`]: a simulated node with pods as network namespaces, for real traffic.
 //! - [`agent`]: the real `netpol-agent` binary run inside a simulated node.
 //! - [`clusters`]: seeded random clusters and flows for the differential suites.
+//! - [`objects`]: an objects directory and the helpers of the suites that use one.
 //! - [`scenarios`]: the seed guide's four scenarios, for the demo and the agent suites.
 //! - [`apiserver`]: a real kube-apiserver and etcd on loopback, for the API-driven suites.
 //! - [`require_root`]: the skip rule for tests that need root.
@@ -12,6 +13,7 @@ pub mod agent;
 pub mod clusters;
 pub mod apiserver;
 pub mod netns;
+pub mod objects;
 pub mod packet;
 pub mod scenarios;
 
