@@ -3,9 +3,7 @@
 
 use agent_common::{
     config::{Config, defaults},
-    conntrack::{
-        CT_CLOSING, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_SEEN_REPLY, CtEntry, CtKey,
-    },
+    conntrack::{CT_CLOSING, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_SEEN_REPLY, CtEntry, CtKey},
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
@@ -99,7 +97,10 @@ fn timeout_ns(protocol: u8, flags: u32, config: &Config) -> u64 {
         if flags & CT_CLOSING != 0 {
             or_default(config.tcp_close_timeout_ms, defaults::TCP_CLOSE_MS)
         } else if flags & CT_SEEN_REPLY != 0 {
-            or_default(config.tcp_established_timeout_ms, defaults::TCP_ESTABLISHED_MS)
+            or_default(
+                config.tcp_established_timeout_ms,
+                defaults::TCP_ESTABLISHED_MS,
+            )
         } else {
             or_default(config.tcp_syn_timeout_ms, defaults::TCP_SYN_MS)
         }

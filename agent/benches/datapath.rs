@@ -5,8 +5,12 @@
 //! - a new connection's verdict (a denied flow never becomes tracked, so every run is a full
 //!   decision: endpoint, connection-tracking misses, peer class, policy lookups, drop count)
 //!   with compiled states of 0, 100, 1,000 and 10,000 policies;
-//! - an established connection (a tracked flow: the connection-tracking hit);
-//! each over IPv4 and IPv6. Figures only; recorded in `docs/DATAPATH-BENCH.md`.
+//! - an established connection (a tracked flow: the connection-tracking hit).
+//!
+//! Each over IPv4 and IPv6, on the synthetic cluster of `benches/synthetic`. Figures only;
+//! recorded in `docs/DATAPATH-BENCH.md`.
+
+mod synthetic;
 
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
@@ -16,132 +20,11 @@ use netpol_agent::{
         Backend, PodInterfaces,
         ebpf::{Datapath, EbpfBackend, MapSizes, PROG_FLOOR, PROG_TO_POD},
     },
-    model::{
-        Cidr, IpBlock, Labels, Namespace, NetworkPolicy, Peer, Peers, Pod, PolicyPort, PortMatch,
-        Ports, Protocol, Rule, Selector, Snapshot,
-    },
     policy::compile,
 };
+use synthetic::{NODE, cluster, pod_ips};
 
 const REPEAT: u32 = 1_000_000;
-const NAMESPACES: usize = 500;
-const PODS_PER_NAMESPACE: usize = 20;
-const NODE: &str = "node-local";
-
-fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
-
-fn pod_ips(k: usize) -> BTreeSet<IpAddr> {
-    let v4 = format!("10.{}.{}.{}", 64 + k / 65536, (k / 256) % 256, k % 256);
-    let v6 = format!("fd00:10:244::{:x}", k + 1);
-    [v4.parse().expect("valid"), v6.parse().expect("valid")].into()
-}
-
-/// 10,000 dual-stack pods in 500 namespaces (110 on this node) and `policies` policies; the
-/// first selects the measured pod (`ns-000/pod-0`, local) and allows only `access=granted`.
-fn cluster(policies: usize) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    for ns in 0..NAMESPACES {
-        let name = format!("ns-{ns:03}");
-        let namespace = Namespace::new(
-            name.clone(),
-            labels(&[("team", format!("team-{}", ns % 25))]),
-        );
-        snapshot.namespaces.insert(name, namespace);
-        for index in 0..PODS_PER_NAMESPACE {
-            let k = ns * PODS_PER_NAMESPACE + index;
-            let role = ["web", "api", "db", "cache"][k % 4];
-            let pod = Pod {
-                namespace: format!("ns-{ns:03}"),
-                name: format!("pod-{index}"),
-                labels: labels(&[
-                    ("app", role.to_owned()),
-                    ("access", if k == 1 { "granted" } else { "none" }.to_owned()),
-                ]),
-                ips: pod_ips(k),
-                node: Some(if k % 91 == 0 { NODE } else { "elsewhere" }.to_owned()),
-                host_network: false,
-                ports: Vec::new(),
-            };
-            snapshot.pods.insert(pod.key(), pod);
-        }
-    }
-    for index in 0..policies {
-        let ns = index % NAMESPACES;
-        let policy = if index == 0 {
-            NetworkPolicy {
-                namespace: "ns-000".to_owned(),
-                name: "measured".to_owned(),
-                pod_selector: Selector::labels([("app", "web")]),
-                ingress: Some(vec![Rule {
-                    peers: Peers::Only(vec![Peer::Pods {
-                        namespaces: None,
-                        pods: Selector::labels([("access", "granted")]),
-                    }]),
-                    ports: Ports::Only(vec![PolicyPort {
-                        protocol: Protocol::Tcp,
-                        port: PortMatch::Number(80),
-                    }]),
-                }]),
-                egress: None,
-            }
-        } else {
-            let role = ["web", "api", "db", "cache"][index % 4];
-            NetworkPolicy {
-                namespace: format!("ns-{ns:03}"),
-                name: format!("policy-{index}"),
-                pod_selector: Selector::labels([("app", role)]),
-                ingress: Some(vec![Rule {
-                    peers: Peers::Only(vec![
-                        Peer::Pods {
-                            namespaces: Some(Selector::labels([(
-                                "team",
-                                format!("team-{}", index % 25),
-                            )])),
-                            pods: Selector::labels([(
-                                "app",
-                                ["web", "api", "db", "cache"][(index + 1) % 4],
-                            )]),
-                        },
-                        Peer::IpBlock(IpBlock {
-                            cidr: Cidr::parse(&format!("172.{}.0.0/16", 16 + index % 16))
-                                .expect("valid"),
-                            except: vec![
-                                Cidr::parse(&format!(
-                                    "172.{}.{}.0/24",
-                                    16 + index % 16,
-                                    index % 256
-                                ))
-                                .expect("valid"),
-                            ],
-                        }),
-                    ]),
-                    ports: Ports::Only(vec![
-                        PolicyPort {
-                            protocol: Protocol::Tcp,
-                            port: PortMatch::Number(8000 + (index % 100) as u16),
-                        },
-                        PolicyPort {
-                            protocol: Protocol::Tcp,
-                            port: PortMatch::Range {
-                                start: 9000,
-                                end: 9000 + (index % 64) as u16,
-                            },
-                        },
-                    ]),
-                }]),
-                egress: None,
-            }
-        };
-        snapshot.policies.insert(policy.key(), policy);
-    }
-    snapshot
-}
-
 fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     let mut tcp = vec![0u8; 20];

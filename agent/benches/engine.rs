@@ -69,7 +69,7 @@ fn pod(ns: usize, index: usize) -> Pod {
         ContainerPort {
             name: Some("http".to_owned()),
             // The same name maps to different numbers on different pods.
-            port: if k % 2 == 0 { 8080 } else { 8081 },
+            port: if k.is_multiple_of(2) { 8080 } else { 8081 },
             protocol: Protocol::Tcp,
         },
         ContainerPort {
@@ -78,14 +78,14 @@ fn pod(ns: usize, index: usize) -> Pod {
             protocol: Protocol::Tcp,
         },
     ];
-    if index % 5 == 0 {
+    if index.is_multiple_of(5) {
         ports.push(ContainerPort {
             name: Some("dns".to_owned()),
             port: 53,
             protocol: Protocol::Udp,
         });
     }
-    let node = if k % LOCAL_EVERY == 0 {
+    let node = if k.is_multiple_of(LOCAL_EVERY) {
         NODE.to_owned()
     } else {
         format!("node-{:02}", k % 90)
@@ -279,18 +279,6 @@ fn time_changes(engine: &mut Engine, versions: [Change; 2]) -> (Duration, usize)
         let start = Instant::now();
         let delta: Delta = engine.apply([change]);
         samples.push(start.elapsed());
-        if std::env::var_os("NETPOL_BENCH_DEBUG").is_some() && run < 3 {
-            eprintln!(
-                "run {run}: policy+ {} policy- {} ipcache+ {} ipcache- {} ep+ {} rules+ {} rules- {}",
-                delta.policy_upserts.len(),
-                delta.policy_removals.len(),
-                delta.ipcache_upserts.len(),
-                delta.ipcache_removals.len(),
-                delta.endpoint_upserts.len(),
-                delta.rules_added.len(),
-                delta.rules_removed.len()
-            );
-        }
         largest = largest.max(delta.len());
     }
     (median(samples), largest)

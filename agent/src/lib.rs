@@ -12,9 +12,9 @@
 
 pub mod backend;
 pub mod cli;
+pub mod discovery;
+pub mod metrics;
 pub mod model;
 pub mod policy;
-pub mod metrics;
 pub mod runtime;
 pub mod source;
-pub mod discovery;

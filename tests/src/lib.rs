@@ -10,8 +10,8 @@
 //! - [`require_root`]: the skip rule for tests that need root.
 
 pub mod agent;
-pub mod clusters;
 pub mod apiserver;
+pub mod clusters;
 pub mod netns;
 pub mod objects;
 pub mod packet;

@@ -26,6 +26,10 @@ enum Target {
     /// The tc programs: ns per packet through test runs (`agent/benches/datapath.rs`, figures
     /// in `docs/DATAPATH-BENCH.md`; needs root).
     Datapath,
+    /// The iptables backend against the eBPF one: rules, set entries, full sync and update
+    /// times for 100 to 10,000 policies (`agent/benches/iptables.rs`, figures in
+    /// `docs/IPTABLES-BENCH.md`; needs root, runs in a network namespace of its own).
+    Iptables,
 }
 
 impl Target {
@@ -34,6 +38,7 @@ impl Target {
         match self {
             Self::Engine => ("netpol-agent", "engine"),
             Self::Datapath => ("netpol-agent", "datapath"),
+            Self::Iptables => ("netpol-agent", "iptables"),
         }
     }
 }

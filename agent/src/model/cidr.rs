@@ -9,6 +9,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+/// Why a CIDR did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a CIDR: {problem}")]
+pub struct CidrError {
+    pub text: String,
+    pub problem: &'static str,
+}
+
 /// An IPv4 or IPv6 prefix with its host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
@@ -48,17 +56,17 @@ impl Cidr {
     }
 
     /// Parses `address/length`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, CidrError> {
+        let error = |problem: &'static str| CidrError {
+            text: text.to_owned(),
+            problem,
+        };
         let (addr, len) = text
             .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR (address/length)"))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{text:?}: {addr:?} is not an IP address"))?;
-        let len: u8 = len
-            .parse()
-            .map_err(|_| format!("{text:?}: {len:?} is not a prefix length"))?;
-        Self::new(addr, len).ok_or_else(|| format!("{text:?}: prefix length {len} is too long"))
+            .ok_or_else(|| error("not address/length"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| error("not an IP address"))?;
+        let len: u8 = len.parse().map_err(|_| error("not a prefix length"))?;
+        Self::new(addr, len).ok_or_else(|| error("prefix length too long for the family"))
     }
 
     /// The network address (host bits clear).
@@ -67,6 +75,10 @@ impl Cidr {
     }
 
     /// The prefix length in bits.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a prefix length, not a collection size"
+    )]
     pub fn len(&self) -> u8 {
         self.len
     }
@@ -98,7 +110,14 @@ mod tests {
 
     #[test]
     fn parsing_rejects_what_is_not_a_cidr() {
-        for text in ["10.0.0.1", "10.0.0.0/33", "fd00::/129", "x/8", "10.0.0.0/-1", ""] {
+        for text in [
+            "10.0.0.1",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "x/8",
+            "10.0.0.0/-1",
+            "",
+        ] {
             assert!(Cidr::parse(text).is_err(), "{text}");
         }
     }

@@ -96,7 +96,11 @@ pub fn namespace(namespace: &core::Namespace) -> Converted<Namespace> {
 
 /// Converts a pod.
 pub fn pod(pod: &core::Pod) -> Converted<Pod> {
-    let namespace = pod.metadata.namespace.as_deref().filter(|ns| !ns.is_empty());
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty());
     let name = pod.metadata.name.as_deref().filter(|name| !name.is_empty());
     let mut problems = Problems::new(Kind::Pod, object_name(namespace, name));
     let (Some(namespace), Some(name)) = (namespace, name) else {
@@ -140,7 +144,10 @@ pub fn pod(pod: &core::Pod) -> Converted<Pod> {
             for (index, port) in container.ports.iter().flatten().enumerate() {
                 let field = format!("container {:?} ports[{index}]", container.name);
                 let number = u16::try_from(port.container_port).ok().filter(|n| *n != 0);
-                let protocol = port.protocol.as_deref().map_or(Some(Protocol::Tcp), Protocol::from_api);
+                let protocol = port
+                    .protocol
+                    .as_deref()
+                    .map_or(Some(Protocol::Tcp), Protocol::from_api);
                 match (number, protocol) {
                     (Some(port_number), Some(protocol)) => ports.push(ContainerPort {
                         name: port.name.clone().filter(|name| !name.is_empty()),
@@ -174,8 +181,16 @@ pub fn pod(pod: &core::Pod) -> Converted<Pod> {
 
 /// Converts a NetworkPolicy, applying the API's defaulting.
 pub fn network_policy(policy: &K8sNetworkPolicy) -> Converted<NetworkPolicy> {
-    let namespace = policy.metadata.namespace.as_deref().filter(|ns| !ns.is_empty());
-    let name = policy.metadata.name.as_deref().filter(|name| !name.is_empty());
+    let namespace = policy
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty());
+    let name = policy
+        .metadata
+        .name
+        .as_deref()
+        .filter(|name| !name.is_empty());
     let mut problems = Problems::new(Kind::NetworkPolicy, object_name(namespace, name));
     let (Some(namespace), Some(name)) = (namespace, name) else {
         problems.add("metadata.namespace and metadata.name are required".to_owned());
@@ -240,7 +255,13 @@ pub fn network_policy(policy: &K8sNetworkPolicy) -> Converted<NetworkPolicy> {
             .enumerate()
             .map(|(index, rule)| {
                 let field = format!("spec.ingress[{index}]");
-                rule_from(&field, "from", rule.from.as_deref(), rule.ports.as_deref(), &mut problems)
+                rule_from(
+                    &field,
+                    "from",
+                    rule.from.as_deref(),
+                    rule.ports.as_deref(),
+                    &mut problems,
+                )
             })
             .collect()
     });
@@ -251,7 +272,13 @@ pub fn network_policy(policy: &K8sNetworkPolicy) -> Converted<NetworkPolicy> {
             .enumerate()
             .map(|(index, rule)| {
                 let field = format!("spec.egress[{index}]");
-                rule_from(&field, "to", rule.to.as_deref(), rule.ports.as_deref(), &mut problems)
+                rule_from(
+                    &field,
+                    "to",
+                    rule.to.as_deref(),
+                    rule.ports.as_deref(),
+                    &mut problems,
+                )
             })
             .collect()
     });
@@ -344,8 +371,8 @@ fn ip_block_from(block: &net::IPBlock) -> Result<IpBlock, String> {
     let cidr = Cidr::parse(&block.cidr).map_err(|reason| format!("ipBlock.cidr: {reason}"))?;
     let mut except = Vec::new();
     for (index, text) in block.except.iter().flatten().enumerate() {
-        let carve = Cidr::parse(text)
-            .map_err(|reason| format!("ipBlock.except[{index}]: {reason}"))?;
+        let carve =
+            Cidr::parse(text).map_err(|reason| format!("ipBlock.except[{index}]: {reason}"))?;
         if !cidr.strictly_contains(&carve) {
             return Err(format!(
                 "ipBlock.except[{index}]: {carve} is not a strict subset of cidr {cidr}"
@@ -403,7 +430,9 @@ fn port_from(port: &net::NetworkPolicyPort) -> Result<PolicyPort, String> {
 /// one letter, no '-' at either end and no "--".
 fn is_port_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -511,7 +540,10 @@ mod tests {
 
     fn converted(spec: net::NetworkPolicySpec) -> (NetworkPolicy, Vec<Rejection>) {
         let converted = network_policy(&policy(spec));
-        (converted.object.expect("keyed policy"), converted.rejections)
+        (
+            converted.object.expect("keyed policy"),
+            converted.rejections,
+        )
     }
 
     #[test]
@@ -536,7 +568,11 @@ mod tests {
             ingress: Some(vec![ingress_rule(None, None)]),
             ..Default::default()
         });
-        assert_eq!((p.ingress, p.egress), (None, Some(vec![])), "Egress only never touches ingress");
+        assert_eq!(
+            (p.ingress, p.egress),
+            (None, Some(vec![])),
+            "Egress only never touches ingress"
+        );
     }
 
     #[test]
@@ -552,7 +588,10 @@ mod tests {
     #[test]
     fn empty_and_missing_peers_and_ports_mean_all() {
         let (p, _) = converted(net::NetworkPolicySpec {
-            ingress: Some(vec![ingress_rule(None, None), ingress_rule(Some(vec![]), Some(vec![]))]),
+            ingress: Some(vec![
+                ingress_rule(None, None),
+                ingress_rule(Some(vec![]), Some(vec![])),
+            ]),
             ..Default::default()
         });
         let all = Rule {
@@ -631,7 +670,11 @@ mod tests {
         assert_eq!(ports.len(), 5);
         assert!(ports.iter().all(|port| port.port == PortMatch::Nothing));
         assert_eq!(rejections.len(), 9, "{rejections:#?}");
-        assert!(rejections[0].reason.starts_with("spec.ingress[0].from[0]: ipBlock.except[0]"));
+        assert!(
+            rejections[0]
+                .reason
+                .starts_with("spec.ingress[0].from[0]: ipBlock.except[0]")
+        );
     }
 
     #[test]
@@ -685,13 +728,20 @@ mod tests {
             })
         );
         assert_eq!(
-            port(None, Some(IntOrString::String("serve-80-tcp".to_owned())), None),
+            port(
+                None,
+                Some(IntOrString::String("serve-80-tcp".to_owned())),
+                None
+            ),
             Ok(PolicyPort {
                 protocol: Protocol::Tcp,
                 port: PortMatch::Named("serve-80-tcp".to_owned())
             })
         );
-        assert!(port(Some("tcp"), None, None).is_err(), "protocols are case-sensitive");
+        assert!(
+            port(Some("tcp"), None, None).is_err(),
+            "protocols are case-sensitive"
+        );
         assert!(port(None, Some(IntOrString::Int(0)), None).is_err());
         assert!(port(None, Some(IntOrString::String("80".to_owned())), None).is_err());
     }
@@ -764,6 +814,11 @@ mod tests {
             ..Default::default()
         });
         let ns = converted.object.expect("namespace");
-        assert_eq!(ns.labels.get(super::super::NAMESPACE_NAME_LABEL).map(String::as_str), Some("y"));
+        assert_eq!(
+            ns.labels
+                .get(super::super::NAMESPACE_NAME_LABEL)
+                .map(String::as_str),
+            Some("y")
+        );
     }
 }

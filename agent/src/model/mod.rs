@@ -9,7 +9,7 @@
 //! [`Rejection`] and keeps what is valid; a broken peer becomes [`Peer::Nothing`] and a broken
 //! port entry [`PortMatch::Nothing`] (both match nothing, never "all", even when they were the
 //! only entry of their list), so the pods a policy selects stay isolated as if the broken part
-//! allowed nothing. See `docs/ARCHITECTURE-engine.md`, "Fail closed".
+//! allowed nothing. See `docs/ARCHITECTURE.md`, policy engine section, "Fail closed".
 
 pub mod cidr;
 pub mod convert;
@@ -21,7 +21,7 @@ use std::{
     net::IpAddr,
 };
 
-pub use cidr::Cidr;
+pub use cidr::{Cidr, CidrError};
 pub use snapshot::{Change, Snapshot};
 
 /// Label keys to values.
@@ -240,7 +240,10 @@ pub enum PortMatch {
     All,
     Number(u16),
     /// `port`..=`endPort`; empty when `start > end`.
-    Range { start: u16, end: u16 },
+    Range {
+        start: u16,
+        end: u16,
+    },
     /// A container port name, resolved per destination pod (ingress: the selected pod; egress:
     /// each peer pod). Resolves only against container ports of the same protocol.
     Named(String),

@@ -2,10 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{
-    core::v1 as core,
-    networking::v1::NetworkPolicy as K8sNetworkPolicy,
-};
+use k8s_openapi::api::{core::v1 as core, networking::v1::NetworkPolicy as K8sNetworkPolicy};
 
 use super::{Namespace, NetworkPolicy, ObjectRef, Pod, Rejection, convert};
 
@@ -88,7 +85,11 @@ impl Snapshot {
 
     /// The events that build this snapshot from nothing: namespaces, pods, then policies.
     pub fn changes(&self) -> impl Iterator<Item = Change> + '_ {
-        let namespaces = self.namespaces.values().cloned().map(Change::ApplyNamespace);
+        let namespaces = self
+            .namespaces
+            .values()
+            .cloned()
+            .map(Change::ApplyNamespace);
         let pods = self.pods.values().cloned().map(Change::ApplyPod);
         let policies = self.policies.values().cloned().map(Change::ApplyPolicy);
         namespaces.chain(pods).chain(policies)

@@ -2,9 +2,10 @@
 //!
 //! The signature of an address is the set of relevant peers it matches plus, for every named
 //! port a relevant egress rule uses, the numbers that name resolves to on the pod owning the
-//! address. A trie prefix's signature is that of the addresses whose longest match it is (see
-//! `docs/ARCHITECTURE-engine.md` for why one exists). An empty signature is
-//! [`CLASS_WORLD`]; every other one is interned to a class id from [`CLASS_FIRST_DYNAMIC`].
+//! address. A trie prefix's signature is that of the addresses whose longest match it is (the
+//! policy engine section of `docs/ARCHITECTURE.md` says why all of them have the same one). An
+//! empty signature is [`CLASS_WORLD`]; every other one is interned to a class id from
+//! [`CLASS_FIRST_DYNAMIC`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -7,12 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agent_common::{
-    addr::Addr,
-    endpoint::Endpoint,
-    ipcache::PeerClass,
-    policy::PolicyValue,
-};
+use agent_common::{addr::Addr, endpoint::Endpoint, ipcache::PeerClass, policy::PolicyValue};
 
 use super::{IpPrefix, NodeState, PolicyEntryKey, RuleRef};
 
@@ -70,8 +65,12 @@ impl Delta {
             rules_removed,
         } = self;
         let rules = rules_added.iter().map(|(id, rule)| Op::AddRule(*id, rule));
-        let policy = policy_upserts.iter().map(|(key, value)| Op::UpsertPolicy(*key, *value));
-        let ipcache = ipcache_upserts.iter().map(|(key, value)| Op::UpsertIpcache(*key, *value));
+        let policy = policy_upserts
+            .iter()
+            .map(|(key, value)| Op::UpsertPolicy(*key, *value));
+        let ipcache = ipcache_upserts
+            .iter()
+            .map(|(key, value)| Op::UpsertIpcache(*key, *value));
         let endpoints = endpoint_upserts
             .iter()
             .map(|(key, value)| Op::UpsertEndpoint(*key, *value));
@@ -197,7 +196,12 @@ impl Journal {
         write(&mut state.endpoints, &mut self.endpoints, key, value);
     }
 
-    pub(crate) fn ipcache(&mut self, state: &mut NodeState, key: IpPrefix, value: Option<PeerClass>) {
+    pub(crate) fn ipcache(
+        &mut self,
+        state: &mut NodeState,
+        key: IpPrefix,
+        value: Option<PeerClass>,
+    ) {
         write(&mut state.ipcache, &mut self.ipcache, key, value);
     }
 
@@ -223,10 +227,30 @@ impl Journal {
             rules,
         } = std::mem::take(self);
         let mut delta = Delta::default();
-        diff(&state.endpoints, endpoints, &mut delta.endpoint_upserts, &mut delta.endpoint_removals);
-        diff(&state.ipcache, ipcache, &mut delta.ipcache_upserts, &mut delta.ipcache_removals);
-        diff(&state.policy, policy, &mut delta.policy_upserts, &mut delta.policy_removals);
-        diff(&state.rules, rules, &mut delta.rules_added, &mut delta.rules_removed);
+        diff(
+            &state.endpoints,
+            endpoints,
+            &mut delta.endpoint_upserts,
+            &mut delta.endpoint_removals,
+        );
+        diff(
+            &state.ipcache,
+            ipcache,
+            &mut delta.ipcache_upserts,
+            &mut delta.ipcache_removals,
+        );
+        diff(
+            &state.policy,
+            policy,
+            &mut delta.policy_upserts,
+            &mut delta.policy_removals,
+        );
+        diff(
+            &state.rules,
+            rules,
+            &mut delta.rules_added,
+            &mut delta.rules_removed,
+        );
         delta
     }
 }
@@ -261,7 +285,9 @@ mod tests {
         let key = PolicyEntryKey::new(Default::default(), 96);
         delta.ipcache_removals.insert(prefix);
         delta.policy_removals.insert(key);
-        delta.endpoint_upserts.insert(Addr::v4([10, 0, 0, 2]), Endpoint::default());
+        delta
+            .endpoint_upserts
+            .insert(Addr::v4([10, 0, 0, 2]), Endpoint::default());
         delta.policy_upserts.insert(key, PolicyValue { rule: 1 });
         delta.ipcache_upserts.insert(prefix, PeerClass { id: 2 });
         let kinds: Vec<&str> = delta
@@ -275,6 +301,9 @@ mod tests {
                 _ => "other",
             })
             .collect();
-        assert_eq!(kinds, ["policy+", "ipcache+", "endpoint+", "ipcache-", "policy-"]);
+        assert_eq!(
+            kinds,
+            ["policy+", "ipcache+", "endpoint+", "ipcache-", "policy-"]
+        );
     }
 }

@@ -40,7 +40,7 @@ use super::{
     sets::{self, CompiledPolicy, CompiledRule, SetMove, SetTable, SetWrites, Target},
 };
 
-/// A local endpoint: a pod of this node that is not hostNetwork and has an address.
+/// A local endpoint: a pod of this node that is not hostNetwork and owns an address.
 #[derive(Debug)]
 struct Local {
     id: u32,

@@ -53,11 +53,32 @@ pub struct Verdict {
 pub fn evaluate(snapshot: &Snapshot, flow: &Flow) -> Verdict {
     let source = pod_at(snapshot, flow.src);
     let destination = pod_at(snapshot, flow.dst);
-    let egress = judge(snapshot, source, Direction::Egress, flow.dst, destination, destination, flow);
-    let ingress = judge(snapshot, destination, Direction::Ingress, flow.src, source, destination, flow);
+    let egress = judge(
+        snapshot,
+        source,
+        Direction::Egress,
+        flow.dst,
+        destination,
+        destination,
+        flow,
+    );
+    let ingress = judge(
+        snapshot,
+        destination,
+        Direction::Ingress,
+        flow.src,
+        source,
+        destination,
+        flow,
+    );
     Verdict {
         allowed: egress.allowed && ingress.allowed,
-        because: egress.because.iter().chain(&ingress.because).cloned().collect(),
+        because: egress
+            .because
+            .iter()
+            .chain(&ingress.because)
+            .cloned()
+            .collect(),
         egress,
         ingress,
     }
@@ -93,7 +114,9 @@ fn judge(
     let mut because = Vec::new();
     for policy in snapshot.policies.values() {
         if policy.namespace != subject.namespace
-            || !selector_matches(&policy.pod_selector, &|key| subject.labels.get(key).cloned())
+            || !selector_matches(&policy.pod_selector, &|key| {
+                subject.labels.get(key).cloned()
+            })
         {
             continue;
         }

@@ -1,7 +1,7 @@
 //! Reference-counted interning of contents (class signatures, set contents) to stable ids.
 //!
 //! Content determines identity (two ids never hold equal contents), but an id outlives changes
-//! of its content when [`Interner::rename`] moves all its users at once: that keeps ids, and so
+//! of its content when [`Interner::reassign`] moves its users together: that keeps ids, and so
 //! map entries, stable across incremental changes. The index is a hash of the content (only
 //! looked up, never iterated, so output order cannot depend on it).
 
@@ -10,13 +10,17 @@ use std::{
     hash::{DefaultHasher, Hash, Hasher},
 };
 
+use agent_common::config::GENERATION_BIT;
+
 #[derive(Debug)]
 struct Slot<C> {
     content: C,
     refs: u32,
 }
 
-/// Ids in `first..`, handed out in increasing order (wrapping, skipping live ids).
+/// Ids in `first..GENERATION_BIT`, handed out in increasing order (wrapping, skipping live
+/// ids). The top bit is the eBPF backend's: it tells the set and class ids of two agent
+/// generations apart (`agent_common::config::GENERATION_BIT`).
 #[derive(Debug)]
 pub(crate) struct Interner<C> {
     slots: BTreeMap<u32, Slot<C>>,
@@ -58,7 +62,8 @@ impl<C: Hash + Eq> Interner<C> {
     }
 
     /// Adds a reference to `content`; returns its id and whether it was just created.
-    pub(crate) fn acquire(&mut self, content: C) -> (u32, bool) {
+    #[cfg(test)]
+    fn acquire(&mut self, content: C) -> (u32, bool) {
         if let Some(id) = self.id_of(&content) {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.refs += 1;
@@ -71,8 +76,12 @@ impl<C: Hash + Eq> Interner<C> {
     /// A new id for `content` with `refs` references.
     fn insert(&mut self, content: C, refs: u32) -> u32 {
         let id = loop {
-            let candidate = self.next.max(self.first);
-            self.next = candidate.wrapping_add(1);
+            let candidate = if self.next < self.first || self.next >= GENERATION_BIT {
+                self.first
+            } else {
+                self.next
+            };
+            self.next = candidate + 1;
             if !self.slots.contains_key(&candidate) {
                 break candidate;
             }
@@ -80,29 +89,6 @@ impl<C: Hash + Eq> Interner<C> {
         self.by_hash.entry(hash_of(&content)).or_default().push(id);
         self.slots.insert(id, Slot { content, refs });
         id
-    }
-
-    /// Drops a reference; returns the content when the id died.
-    pub(crate) fn release(&mut self, id: u32) -> Option<C> {
-        let slot = self.slots.get_mut(&id)?;
-        slot.refs = slot.refs.saturating_sub(1);
-        if slot.refs > 0 {
-            return None;
-        }
-        let slot = self.slots.remove(&id)?;
-        self.unindex(id, &slot.content);
-        Some(slot.content)
-    }
-
-    /// Gives `id` a new content that no id holds yet; returns the old content.
-    pub(crate) fn rename(&mut self, id: u32, content: C) -> Option<C> {
-        debug_assert!(self.id_of(&content).is_none(), "contents are unique");
-        let hash = hash_of(&content);
-        let slot = self.slots.get_mut(&id)?;
-        let old = std::mem::replace(&mut slot.content, content);
-        self.unindex(id, &old);
-        self.by_hash.entry(hash).or_default().push(id);
-        Some(old)
     }
 
     fn unindex(&mut self, id: u32, content: &C) {
@@ -326,27 +312,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn equal_contents_share_an_id_until_the_last_reference_goes() {
+    fn equal_contents_share_an_id_until_the_last_member_leaves() {
         let mut interner = Interner::new(2);
         let (a, created) = interner.acquire("a");
         assert!(created);
         assert_eq!(a, 2);
         assert_eq!(interner.acquire("a"), (a, false));
-        assert_eq!(interner.refs(a), 2);
-        assert_eq!(interner.release(a), None);
-        assert_eq!(interner.release(a), Some("a"));
+        let mut events = Vec::new();
+        assert_eq!(
+            interner.reassign(vec![(Some(a), None)], &mut events),
+            vec![None]
+        );
+        assert!(events.is_empty());
+        assert_eq!(
+            interner.reassign(vec![(Some(a), None)], &mut events),
+            vec![None]
+        );
+        assert_eq!(events, vec![Event::Died { id: a, old: "a" }]);
         assert_eq!(interner.id_of(&"a"), None);
     }
 
     #[test]
-    fn a_renamed_id_keeps_its_references_under_the_new_content() {
+    fn swapped_contents_keep_every_member_on_its_id() {
         let mut interner = Interner::new(1);
         let (a, _) = interner.acquire("a");
-        assert_eq!(interner.rename(a, "b"), Some("a"));
-        assert_eq!(interner.id_of(&"b"), Some(a));
-        assert_eq!(interner.id_of(&"a"), None);
-        let (again, created) = interner.acquire("a");
-        assert!(created && again != a);
+        let (b, _) = interner.acquire("b");
+        let mut events = Vec::new();
+        let ids = interner.reassign(
+            vec![(Some(a), Some("b")), (Some(b), Some("a"))],
+            &mut events,
+        );
+        assert_eq!(ids, vec![Some(a), Some(b)]);
+        assert_eq!((interner.get(a), interner.get(b)), (Some(&"b"), Some(&"a")));
+        assert_eq!(
+            (interner.id_of(&"a"), interner.id_of(&"b")),
+            (Some(b), Some(a))
+        );
     }
 
     #[test]

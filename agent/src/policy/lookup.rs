@@ -24,14 +24,20 @@ pub enum PathVerdict {
     /// The local address is not an endpoint of this node: not enforced here.
     NotEndpoint,
     /// The endpoint is not isolated in this direction.
-    NotIsolated { endpoint: u32 },
+    NotIsolated {
+        endpoint: u32,
+    },
     Allowed {
         endpoint: u32,
         set: u32,
         class: u32,
         rule: u32,
     },
-    Denied { endpoint: u32, set: u32, class: u32 },
+    Denied {
+        endpoint: u32,
+        set: u32,
+        class: u32,
+    },
 }
 
 impl PathVerdict {
@@ -73,7 +79,14 @@ pub fn lookup(state: &NodeState, flow: &Flow) -> Lookup {
     }
 }
 
-fn decide(state: &NodeState, local: Addr, peer: Addr, direction: Direction, protocol: u8, port: u16) -> PathVerdict {
+fn decide(
+    state: &NodeState,
+    local: Addr,
+    peer: Addr,
+    direction: Direction,
+    protocol: u8,
+    port: u16,
+) -> PathVerdict {
     let Some(endpoint) = state.endpoints.get(&local) else {
         return PathVerdict::NotEndpoint;
     };
@@ -83,8 +96,16 @@ fn decide(state: &NodeState, local: Addr, peer: Addr, direction: Direction, prot
         };
     };
     let class = ipcache_lookup(state, peer).unwrap_or(CLASS_WORLD);
-    let hit = policy_lookup(state, PolicyKey::new(set, class, direction.as_u8(), protocol, port))
-        .or_else(|| policy_lookup(state, PolicyKey::new(set, CLASS_ANY, direction.as_u8(), protocol, port)));
+    let hit = policy_lookup(
+        state,
+        PolicyKey::new(set, class, direction.as_u8(), protocol, port),
+    )
+    .or_else(|| {
+        policy_lookup(
+            state,
+            PolicyKey::new(set, CLASS_ANY, direction.as_u8(), protocol, port),
+        )
+    });
     match hit {
         Some(rule) => PathVerdict::Allowed {
             endpoint: endpoint.id,

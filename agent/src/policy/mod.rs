@@ -1,7 +1,8 @@
 //! The policy engine: NetworkPolicy semantics compiled into one node's datapath state.
 //!
 //! A pure library (no I/O, no clock, no kernel): the backends, the debug CLI and every test
-//! use it. `docs/ARCHITECTURE-engine.md` explains the compiled state and why it is correct.
+//! use it. The policy engine section of `docs/ARCHITECTURE.md` explains the compiled state and
+//! why it is correct.
 //!
 //! - [`Engine`] keeps a [`Snapshot`](crate::model::Snapshot) and the node's compiled
 //!   [`NodeState`] (the exact content of `NP_ENDPOINTS`, `NP_IPCACHE` and `NP_POLICY`, plus the
@@ -32,6 +33,8 @@ mod state;
 mod testkit;
 #[cfg(test)]
 mod tests_conformance;
+#[cfg(test)]
+mod tests_engine;
 #[cfg(test)]
 mod tests_properties;
 

@@ -74,7 +74,11 @@ mod tests {
         let mut ports = Vec::new();
         for block in blocks {
             let size = 1u32 << (96 - u32::from(block.prefix_len));
-            assert_eq!(u32::from(block.port) % size, 0, "block {block:?} is aligned");
+            assert_eq!(
+                u32::from(block.port) % size,
+                0,
+                "block {block:?} is aligned"
+            );
             for port in u32::from(block.port)..u32::from(block.port) + size {
                 ports.push(u16::try_from(port).expect("in range"));
             }
@@ -84,10 +88,20 @@ mod tests {
 
     #[test]
     fn ranges_split_into_aligned_blocks_that_cover_exactly_the_range() {
-        for (start, end) in [(80, 80), (80, 81), (1, 65535), (8000, 8100), (0, 65535), (65535, 65535)]
-        {
+        for (start, end) in [
+            (80, 80),
+            (80, 81),
+            (1, 65535),
+            (8000, 8100),
+            (0, 65535),
+            (65535, 65535),
+        ] {
             let blocks = range(6, start, end);
-            assert_eq!(covered(&blocks), (start..=end).collect::<Vec<_>>(), "{start}-{end}");
+            assert_eq!(
+                covered(&blocks),
+                (start..=end).collect::<Vec<_>>(),
+                "{start}-{end}"
+            );
             assert!(blocks.len() <= 30);
         }
         assert_eq!(range(6, 0, 65535), vec![PortKey::any_port(6)]);

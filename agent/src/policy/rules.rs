@@ -160,7 +160,10 @@ mod tests {
 
     #[test]
     fn rule_refs_print_like_the_api_fields() {
-        assert_eq!(rule(0, Some(1), None).to_string(), "x/p ingress[0].from[1].ports[*]");
+        assert_eq!(
+            rule(0, Some(1), None).to_string(),
+            "x/p ingress[0].from[1].ports[*]"
+        );
         let egress = RuleRef {
             direction: Direction::Egress,
             ..rule(2, None, Some(0))
@@ -189,6 +192,10 @@ mod tests {
         assert!(table.release(a));
         table.sweep();
         assert_eq!(table.len(), 0);
-        assert_eq!(table.intern(&rule(0, None, None)), 2, "ids are not reused at once");
+        assert_eq!(
+            table.intern(&rule(0, None, None)),
+            2,
+            "ids are not reused at once"
+        );
     }
 }

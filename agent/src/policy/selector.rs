@@ -35,7 +35,9 @@ pub(crate) fn matches_namespace(
         if key == NAMESPACE_NAME_LABEL {
             Some(name)
         } else {
-            namespace.and_then(|ns| ns.labels.get(key)).map(String::as_str)
+            namespace
+                .and_then(|ns| ns.labels.get(key))
+                .map(String::as_str)
         }
     })
 }

@@ -77,11 +77,12 @@ impl EntryKey {
     fn hash_with(&self, rule: u32) -> u64 {
         let EntryKey {
             class,
-            port: PortKey {
-                protocol,
-                port,
-                prefix_len,
-            },
+            port:
+                PortKey {
+                    protocol,
+                    port,
+                    prefix_len,
+                },
         } = *self;
         let packed = u64::from(class) << 32
             | u64::from(protocol) << 24
@@ -160,7 +161,13 @@ impl SetContent {
     }
 
     /// Sets or removes one entry; returns the rule ids that entered or left the set.
-    fn set(&mut self, key: EntryKey, rule: Option<u32>, gained: &mut Vec<u32>, lost: &mut Vec<u32>) {
+    fn set(
+        &mut self,
+        key: EntryKey,
+        rule: Option<u32>,
+        gained: &mut Vec<u32>,
+        lost: &mut Vec<u32>,
+    ) {
         let old = match rule {
             Some(rule) => self.entries.insert(key, rule),
             None => self.entries.remove(&key),
@@ -269,9 +276,10 @@ pub(crate) fn content<'a>(
                 let port_entries: Vec<(Option<u32>, Option<&crate::model::PolicyPort>)> =
                     match &rule.ports {
                         Ports::All => vec![(None, None)],
-                        Ports::Only(ports) => {
-                            (0u32..).zip(ports).map(|(i, port)| (Some(i), Some(port))).collect()
-                        }
+                        Ports::Only(ports) => (0u32..)
+                            .zip(ports)
+                            .map(|(i, port)| (Some(i), Some(port)))
+                            .collect(),
                     };
                 for (port_index, port) in port_entries {
                     // The rule id is interned on the first entry only: most pairs of a
@@ -289,7 +297,9 @@ pub(crate) fn content<'a>(
                         });
                         content.add(EntryKey { class, port: key }, id);
                     };
-                    emit_entries(endpoint, direction, peer, port, only, classes, rules, &mut emit);
+                    emit_entries(
+                        endpoint, direction, peer, port, only, classes, rules, &mut emit,
+                    );
                 }
             }
         }
@@ -299,7 +309,10 @@ pub(crate) fn content<'a>(
 
 /// The entries one (peer, port) pair of a rule allows. `peer`: `None` for all peers,
 /// `Some(None)` for a peer that matches nothing; `port`: `None` for all ports.
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn emit_entries(
     endpoint: &Pod,
     direction: Direction,
@@ -321,7 +334,10 @@ fn emit_entries(
         (Some(Some(peer)), None) => of_peer(peer).iter().copied().collect(),
         (Some(Some(peer)), Some(only)) => {
             let of_peer = of_peer(peer);
-            only.iter().copied().filter(|class| of_peer.contains(class)).collect()
+            only.iter()
+                .copied()
+                .filter(|class| of_peer.contains(class))
+                .collect()
         }
     };
     let Some(port) = port else {
@@ -507,7 +523,15 @@ impl SetTable {
         let mut isolated = Vec::new();
         let mut interned = Vec::new();
         let mut pending = Vec::new();
-        for (index, SetMove { direction, old, new }) in moves.into_iter().enumerate() {
+        for (
+            index,
+            SetMove {
+                direction,
+                old,
+                new,
+            },
+        ) in moves.into_iter().enumerate()
+        {
             if decided[index].is_some() {
                 continue;
             }
@@ -526,7 +550,10 @@ impl SetTable {
                 }
             };
             isolated.push(new.is_some());
-            interned.push((old.filter(|set| *set != SET_EMPTY), new.filter(|c| !c.is_empty())));
+            interned.push((
+                old.filter(|set| *set != SET_EMPTY),
+                new.filter(|c| !c.is_empty()),
+            ));
             pending.push(index);
         }
         let mut events = Vec::new();
@@ -555,12 +582,21 @@ impl SetTable {
     }
 
     /// Applies `patch` to set `id` and writes exactly the entries it changes.
-    fn patch_in_place(&mut self, id: u32, patch: &Patch, rules: &mut RuleTable, writes: &mut SetWrites) {
+    fn patch_in_place(
+        &mut self,
+        id: u32,
+        patch: &Patch,
+        rules: &mut RuleTable,
+        writes: &mut SetWrites,
+    ) {
         let (mut gained, mut lost) = (Vec::new(), Vec::new());
         let mut keys = Vec::new();
         self.interner.update(id, |content| {
             for (key, rule) in patch {
-                keys.push((content.map_key(id, key), rule.map(|rule| PolicyValue { rule })));
+                keys.push((
+                    content.map_key(id, key),
+                    rule.map(|rule| PolicyValue { rule }),
+                ));
                 content.set(*key, *rule, &mut gained, &mut lost);
             }
         });
@@ -569,7 +605,13 @@ impl SetTable {
     }
 
     /// The policy map and rule table writes that turn set `id` from `old` into `new`.
-    fn write_diff(id: u32, old: &SetContent, new: &SetContent, rules: &mut RuleTable, writes: &mut SetWrites) {
+    fn write_diff(
+        id: u32,
+        old: &SetContent,
+        new: &SetContent,
+        rules: &mut RuleTable,
+        writes: &mut SetWrites,
+    ) {
         for (entry, rule) in &new.entries {
             if old.entries.get(entry) != Some(rule) {
                 writes
@@ -582,8 +624,18 @@ impl SetTable {
                 writes.policy.push((old.map_key(id, entry), None));
             }
         }
-        let gained: Vec<u32> = new.rules.keys().filter(|r| !old.rules.contains_key(r)).copied().collect();
-        let lost: Vec<u32> = old.rules.keys().filter(|r| !new.rules.contains_key(r)).copied().collect();
+        let gained: Vec<u32> = new
+            .rules
+            .keys()
+            .filter(|r| !old.rules.contains_key(r))
+            .copied()
+            .collect();
+        let lost: Vec<u32> = old
+            .rules
+            .keys()
+            .filter(|r| !new.rules.contains_key(r))
+            .copied()
+            .collect();
         Self::write_rules(&gained, &lost, rules, writes);
     }
 

@@ -1,11 +1,7 @@
 //! [`NodeState`]: the compiled state of one node, exactly what the datapath maps hold, and the
 //! key types of its two LPM tries.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use agent_common::{
     addr::{Addr, FAMILY_V4},
@@ -87,7 +83,11 @@ impl fmt::Display for IpPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr.to_ip() {
             Some(ip) => write!(f, "{ip}/{}", self.len),
-            None => write!(f, "family{}:{:?}/{}", self.addr.family, self.addr.bytes, self.len),
+            None => write!(
+                f,
+                "family{}:{:?}/{}",
+                self.addr.family, self.addr.bytes, self.len
+            ),
         }
     }
 }

@@ -9,11 +9,9 @@ use agent_common::{
     policy::SET_EMPTY,
 };
 
-use crate::model::{Snapshot, Pod};
+use crate::model::{Pod, Snapshot};
 
-use super::{
-    Direction, Flow, IpPrefix, NodeState, PathVerdict, RuleRef, Side, evaluate, lookup,
-};
+use super::{Direction, Flow, IpPrefix, NodeState, PathVerdict, RuleRef, Side, evaluate, lookup};
 
 /// A class named by content: the smallest prefix mapping to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,6 +28,9 @@ pub(crate) enum SetName {
     Of(u8, Addr),
 }
 
+/// A policy key by names: (set, class, direction, protocol, port, prefix length).
+pub(crate) type PolicyName = (SetName, ClassName, u8, u8, u16, u32);
+
 /// A [`NodeState`] with every id replaced by a name derived from content.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Canonical {
@@ -37,7 +38,7 @@ pub(crate) struct Canonical {
     pub(crate) endpoints: BTreeMap<Addr, (Addr, u32, SetName, SetName)>,
     pub(crate) ipcache: BTreeMap<IpPrefix, ClassName>,
     /// (set, class, direction, protocol, port, prefix length) to rule.
-    pub(crate) policy: BTreeMap<(SetName, ClassName, u8, u8, u16, u32), RuleRef>,
+    pub(crate) policy: BTreeMap<PolicyName, RuleRef>,
 }
 
 /// Canonicalises `state`, checking the invariants ids must keep: no entry of a set or class
@@ -76,7 +77,9 @@ pub(crate) fn canonical(state: &NodeState) -> Result<Canonical, String> {
             return Err(format!("prefix {prefix} maps to CLASS_ANY"));
         }
         if class.id != CLASS_WORLD {
-            class_names.entry(class.id).or_insert(ClassName::Of(*prefix));
+            class_names
+                .entry(class.id)
+                .or_insert(ClassName::Of(*prefix));
         }
     }
     let class_name = |class: u32| match class {
@@ -87,7 +90,9 @@ pub(crate) fn canonical(state: &NodeState) -> Result<Canonical, String> {
 
     let mut policy = BTreeMap::new();
     let mut used_rules = BTreeSet::new();
-    let mut contents: BTreeMap<u32, BTreeSet<(u32, u8, u8, u16, u32, u32)>> = BTreeMap::new();
+    // Per set: (class, direction, protocol, port, prefix length, rule).
+    type Entry = (u32, u8, u8, u16, u32, u32);
+    let mut contents: BTreeMap<u32, BTreeSet<Entry>> = BTreeMap::new();
     for (key, value) in &state.policy {
         let set = key.key.set_id();
         let set_name = set_names
@@ -97,7 +102,9 @@ pub(crate) fn canonical(state: &NodeState) -> Result<Canonical, String> {
         if let SetName::Of(direction, _) = set_name
             && direction != key.key.direction
         {
-            return Err(format!("entry {key:?} has the other direction than its set"));
+            return Err(format!(
+                "entry {key:?} has the other direction than its set"
+            ));
         }
         let class = class_name(key.key.class_id())
             .ok_or_else(|| format!("policy entry {key:?} of class with no prefix"))?;
@@ -136,7 +143,9 @@ pub(crate) fn canonical(state: &NodeState) -> Result<Canonical, String> {
         return Err("two sets have identical entries".to_owned());
     }
     if let Some(unused) = state.rules.keys().find(|rule| !used_rules.contains(rule)) {
-        return Err(format!("rule {unused} is in the table but no entry uses it"));
+        return Err(format!(
+            "rule {unused} is in the table but no entry uses it"
+        ));
     }
 
     let set_of = |set: Option<u32>| match set {
@@ -185,21 +194,27 @@ fn agree(
         .is_some_and(|pod| is_local(pod, node));
     match (local, path) {
         (false, PathVerdict::NotEndpoint) => Ok(()),
-        (false, other) => Err(format!("not an endpoint of {node}, but the datapath says {other:?}")),
+        (false, other) => Err(format!(
+            "not an endpoint of {node}, but the datapath says {other:?}"
+        )),
         (true, PathVerdict::NotEndpoint) => Err("a local pod is not in NP_ENDPOINTS".to_owned()),
         (true, PathVerdict::NotIsolated { .. }) if !side.isolated => Ok(()),
         (true, PathVerdict::NotIsolated { .. }) => Err("isolated pod not isolated".to_owned()),
         (true, _) if !side.isolated => Err(format!("unisolated pod isolated: {path:?}")),
         (true, PathVerdict::Denied { .. }) if !side.allowed => Ok(()),
-        (true, PathVerdict::Denied { .. }) => {
-            Err(format!("denied, but the evaluator allows by {:?}", side.because))
-        }
+        (true, PathVerdict::Denied { .. }) => Err(format!(
+            "denied, but the evaluator allows by {:?}",
+            side.because
+        )),
         (true, PathVerdict::Allowed { rule, .. }) => {
             let rule = state.rules.get(&rule).ok_or("allowed by an unknown rule")?;
             if side.because.contains(rule) {
                 Ok(())
             } else {
-                Err(format!("allowed by {rule}, which the evaluator does not list: {:?}", side.because))
+                Err(format!(
+                    "allowed by {rule}, which the evaluator does not list: {:?}",
+                    side.because
+                ))
             }
         }
     }

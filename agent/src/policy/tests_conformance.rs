@@ -46,7 +46,12 @@ fn index_of(name: &str, names: &[&str]) -> u8 {
 }
 
 fn ip_v4(namespace: &str, pod: &str) -> IpAddr {
-    IpAddr::from([10, 0, index_of(namespace, &NAMESPACES) + 1, index_of(pod, &PODS) + 1])
+    IpAddr::from([
+        10,
+        0,
+        index_of(namespace, &NAMESPACES) + 1,
+        index_of(pod, &PODS) + 1,
+    ])
 }
 
 fn ip_v6(namespace: &str, pod: &str) -> IpAddr {
@@ -58,7 +63,10 @@ fn ip_v6(namespace: &str, pod: &str) -> IpAddr {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// The upstream cluster; `split` spreads the pods over three nodes, otherwise all run on
@@ -66,14 +74,24 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 fn cluster(split: bool) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for (ns_index, namespace) in NAMESPACES.iter().enumerate() {
-        snapshot.apply(Change::ApplyNamespace(Namespace::new(*namespace, labels(&[("ns", namespace)]))));
+        snapshot.apply(Change::ApplyNamespace(Namespace::new(
+            *namespace,
+            labels(&[("ns", namespace)]),
+        )));
         for (pod_index, pod) in PODS.iter().enumerate() {
-            let node = if split { NODES[(ns_index + pod_index) % 3] } else { NODES[0] };
+            let node = if split {
+                NODES[(ns_index + pod_index) % 3]
+            } else {
+                NODES[0]
+            };
             let ports = [80, 81]
                 .into_iter()
                 .flat_map(|port| Protocol::ALL.map(|protocol| (port, protocol)))
                 .map(|(port, protocol)| ContainerPort {
-                    name: Some(format!("serve-{port}-{}", protocol.to_string().to_lowercase())),
+                    name: Some(format!(
+                        "serve-{port}-{}",
+                        protocol.to_string().to_lowercase()
+                    )),
                     port,
                     protocol,
                 })
@@ -248,7 +266,10 @@ impl Reach {
         let pods = all_pods();
         Self(
             pods.iter()
-                .flat_map(|from| pods.iter().map(move |to| ((from.clone(), to.clone()), allowed)))
+                .flat_map(|from| {
+                    pods.iter()
+                        .map(move |to| ((from.clone(), to.clone()), allowed))
+                })
                 .collect(),
         )
     }
@@ -272,11 +293,16 @@ impl Reach {
     }
 }
 
+#[expect(clippy::large_enum_variant, reason = "a handful of steps per test")]
 enum Step {
     Apply(Policy),
     Delete(&'static str, &'static str),
     NamespaceLabels(&'static str, &'static [(&'static str, &'static str)]),
-    PodLabels(&'static str, &'static str, &'static [(&'static str, &'static str)]),
+    PodLabels(
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    ),
     Probe(u16, Protocol, Reach),
 }
 
@@ -308,14 +334,26 @@ impl Node {
         let changes = match step {
             Step::Apply(policy) => {
                 let converted = convert::network_policy(&policy.0);
-                assert!(converted.rejections.is_empty(), "{:?}", converted.rejections);
-                converted.object.map(Change::ApplyPolicy).into_iter().collect()
+                assert!(
+                    converted.rejections.is_empty(),
+                    "{:?}",
+                    converted.rejections
+                );
+                converted
+                    .object
+                    .map(Change::ApplyPolicy)
+                    .into_iter()
+                    .collect()
             }
             Step::Delete(namespace, name) => {
                 vec![Change::DeletePolicy(ObjectRef::new(*namespace, *name))]
             }
             Step::NamespaceLabels(namespace, added) => {
-                let mut ns = snapshot.namespaces.get(*namespace).cloned().expect("namespace");
+                let mut ns = snapshot
+                    .namespaces
+                    .get(*namespace)
+                    .cloned()
+                    .expect("namespace");
                 ns.labels.extend(labels(added));
                 vec![Change::ApplyNamespace(ns)]
             }
@@ -329,7 +367,12 @@ impl Node {
         };
         let delta = self.engine.apply(changes);
         self.applied.apply(&delta);
-        assert_eq!(&self.applied, self.engine.state(), "{}: delta applied != state", self.name);
+        assert_eq!(
+            &self.applied,
+            self.engine.state(),
+            "{}: delta applied != state",
+            self.name
+        );
         let fresh = compile(self.engine.snapshot(), self.name);
         assert_eq!(
             canonical(self.engine.state()),
@@ -344,7 +387,10 @@ impl Node {
 fn run(steps: Vec<Step>) {
     let mut single = Node::new(NODES[0], cluster(false));
     let split_cluster = cluster(true);
-    let mut split: Vec<Node> = NODES.iter().map(|node| Node::new(node, split_cluster.clone())).collect();
+    let mut split: Vec<Node> = NODES
+        .iter()
+        .map(|node| Node::new(node, split_cluster.clone()))
+        .collect();
     for (number, step) in steps.iter().enumerate() {
         single.change(step);
         for node in &mut split {
@@ -385,18 +431,32 @@ fn run(steps: Vec<Step>) {
                 }
             }
         }
-        assert!(failures.is_empty(), "step {number}:\n{}", failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "step {number}:\n{}",
+            failures.join("\n")
+        );
         let flows: Vec<Flow> = all_pods()
             .iter()
             .flat_map(|from| all_pods().into_iter().map(move |to| (from.clone(), to)))
             .filter_map(|(from, to)| {
                 let (fns, fpod) = from.split_once('/')?;
                 let (tns, tpod) = to.split_once('/')?;
-                Some(Flow::new(ip_v4(fns, fpod), ip_v4(tns, tpod), protocol.number(), *port))
+                Some(Flow::new(
+                    ip_v4(fns, fpod),
+                    ip_v4(tns, tpod),
+                    protocol.number(),
+                    *port,
+                ))
             })
             .collect();
         for node in std::iter::once(&single).chain(&split) {
-            let checked = check_flows(node.engine.snapshot(), node.name, node.engine.state(), flows.iter().copied());
+            let checked = check_flows(
+                node.engine.snapshot(),
+                node.name,
+                node.engine.state(),
+                flows.iter().copied(),
+            );
             assert_eq!(checked, Ok(()), "step {number} on {}", node.name);
         }
     }
@@ -425,8 +485,14 @@ fn host_cidrs(namespace: &str, pod: &str) -> Vec<NetworkPolicyPeer> {
 /// upstream does) that excepts the pod.
 fn cidr_except_pod(namespace: &str, pod: &str) -> Vec<NetworkPolicyPeer> {
     vec![
-        cidr(format!("{}/4", ip_v4(namespace, pod)), &[format!("{}/32", ip_v4(namespace, pod))]),
-        cidr(format!("{}/8", ip_v6(namespace, pod)), &[format!("{}/128", ip_v6(namespace, pod))]),
+        cidr(
+            format!("{}/4", ip_v4(namespace, pod)),
+            &[format!("{}/32", ip_v4(namespace, pod))],
+        ),
+        cidr(
+            format!("{}/8", ip_v6(namespace, pod)),
+            &[format!("{}/128", ip_v6(namespace, pod))],
+        ),
     ]
 }
 
@@ -444,25 +510,44 @@ fn default_deny_ingress_isolates_every_pod_of_the_namespace_for_every_protocol()
 
 #[test]
 fn default_deny_all_isolates_both_directions() {
-    let deny = policy("x", "deny-all", everything()).ingress(vec![]).egress(vec![]);
-    let reach = Reach::all(true).all_ingress("x", false).all_egress("x", false);
-    run(vec![Step::Apply(deny), probe(80, TCP, reach.clone()), probe(81, UDP, reach)]);
+    let deny = policy("x", "deny-all", everything())
+        .ingress(vec![])
+        .egress(vec![]);
+    let reach = Reach::all(true)
+        .all_ingress("x", false)
+        .all_egress("x", false);
+    run(vec![
+        Step::Apply(deny),
+        probe(80, TCP, reach.clone()),
+        probe(81, UDP, reach),
+    ]);
 }
 
 #[test]
 fn ingress_from_a_pod_selector_allows_only_those_pods_of_the_policy_namespace() {
-    let allow = policy("x", "x-a-from-b", pod_label("a")).ingress(vec![from(vec![pods(pod_label("b"))], vec![])]);
-    let reach = Reach::all(true).all_ingress("x/a", false).peer("x/b", "x/a", true);
+    let allow = policy("x", "x-a-from-b", pod_label("a"))
+        .ingress(vec![from(vec![pods(pod_label("b"))], vec![])]);
+    let reach = Reach::all(true)
+        .all_ingress("x/a", false)
+        .peer("x/b", "x/a", true);
     run(vec![Step::Apply(allow), probe(80, TCP, reach)]);
 }
 
 #[test]
 fn allow_all_from_empty_pod_and_namespace_selectors_opens_one_target_under_a_deny() {
     let deny = policy("x", "deny-all", everything()).ingress(vec![]);
-    let allow = policy("x", "allow-all-to-a", pod_label("a"))
-        .ingress(vec![from(vec![pods_in(everything(), everything())], vec![])]);
-    let reach = Reach::all(true).all_ingress("x/b", false).all_ingress("x/c", false);
-    run(vec![Step::Apply(deny), Step::Apply(allow), probe(80, TCP, reach)]);
+    let allow = policy("x", "allow-all-to-a", pod_label("a")).ingress(vec![from(
+        vec![pods_in(everything(), everything())],
+        vec![],
+    )]);
+    let reach = Reach::all(true)
+        .all_ingress("x/b", false)
+        .all_ingress("x/c", false);
+    run(vec![
+        Step::Apply(deny),
+        Step::Apply(allow),
+        probe(80, TCP, reach),
+    ]);
 }
 
 #[test]
@@ -482,24 +567,35 @@ fn namespace_selector_allows_only_the_selected_namespace() {
 
 #[test]
 fn pod_selector_with_match_expressions() {
-    let allow = policy("x", "x-a-allows-x-b", pod_label("a"))
-        .ingress(vec![from(vec![pods(expression("pod", "In", &["b"]))], vec![])]);
-    let reach = Reach::all(true).all_ingress("x/a", false).peer("x/b", "x/a", true);
+    let allow = policy("x", "x-a-allows-x-b", pod_label("a")).ingress(vec![from(
+        vec![pods(expression("pod", "In", &["b"]))],
+        vec![],
+    )]);
+    let reach = Reach::all(true)
+        .all_ingress("x/a", false)
+        .peer("x/b", "x/a", true);
     run(vec![Step::Apply(allow), probe(80, TCP, reach)]);
 }
 
 #[test]
 fn namespace_selector_with_match_expressions() {
-    let allow = policy("x", "allow-ns-y-match-selector", pod_label("a"))
-        .ingress(vec![from(vec![namespaces(expression("ns", "In", &["y"]))], vec![])]);
-    let reach = Reach::all(true).peer("x", "x/a", false).peer("z", "x/a", false);
+    let allow = policy("x", "allow-ns-y-match-selector", pod_label("a")).ingress(vec![from(
+        vec![namespaces(expression("ns", "In", &["y"]))],
+        vec![],
+    )]);
+    let reach = Reach::all(true)
+        .peer("x", "x/a", false)
+        .peer("z", "x/a", false);
     run(vec![Step::Apply(allow), probe(80, TCP, reach)]);
 }
 
 #[test]
 fn pod_selector_or_namespace_selector_as_two_peers() {
     let allow = policy("x", "allow-ns-y-z-pod-b", pod_label("a")).ingress(vec![from(
-        vec![namespaces(expression("ns", "NotIn", &["x"])), pods(expression("pod", "In", &["b"]))],
+        vec![
+            namespaces(expression("ns", "NotIn", &["x"])),
+            pods(expression("pod", "In", &["b"])),
+        ],
         vec![],
     )]);
     let reach = Reach::all(true).peer("x/c", "x/a", false);
@@ -509,7 +605,10 @@ fn pod_selector_or_namespace_selector_as_two_peers() {
 #[test]
 fn pod_and_namespace_selector_in_one_peer_is_an_and() {
     let allow = policy("x", "allow-ns-y-z-pod-b", pod_label("a")).ingress(vec![from(
-        vec![pods_in(expression("ns", "NotIn", &["x"]), expression("pod", "In", &["b"]))],
+        vec![pods_in(
+            expression("ns", "NotIn", &["x"]),
+            expression("pod", "In", &["b"]),
+        )],
         vec![],
     )]);
     let reach = Reach::all(true)
@@ -522,7 +621,10 @@ fn pod_and_namespace_selector_in_one_peer_is_an_and() {
 #[test]
 fn multiple_pod_selectors_and_namespace_selectors() {
     let allow = policy("x", "allow-ns-y-z-pod-b-c", pod_label("a")).ingress(vec![from(
-        vec![pods_in(expression("ns", "NotIn", &["x"]), expression("pod", "In", &["b", "c"]))],
+        vec![pods_in(
+            expression("ns", "NotIn", &["x"]),
+            expression("pod", "In", &["b", "c"]),
+        )],
         vec![],
     )]);
     let reach = Reach::all(true)
@@ -536,8 +638,10 @@ fn multiple_pod_selectors_and_namespace_selectors() {
 
 #[test]
 fn any_of_several_pod_selectors() {
-    let allow = policy("x", "allow-x-b-and-x-c", pod_label("a"))
-        .ingress(vec![from(vec![pods(pod_label("b")), pods(pod_label("c"))], vec![])]);
+    let allow = policy("x", "allow-x-b-and-x-c", pod_label("a")).ingress(vec![from(
+        vec![pods(pod_label("b")), pods(pod_label("c"))],
+        vec![],
+    )]);
     let reach = Reach::all(true)
         .all_ingress("x/a", false)
         .peer("x/b", "x/a", true)
@@ -546,9 +650,13 @@ fn any_of_several_pod_selectors() {
 }
 
 fn pod_in_other_namespace_case(protocol: Protocol) {
-    let allow = policy("x", "allow-ns-y-pod-a", pod_label("a"))
-        .ingress(vec![from(vec![pods_in(ns_label("y"), pod_label("a"))], vec![])]);
-    let reach = Reach::all(true).all_ingress("x/a", false).peer("y/a", "x/a", true);
+    let allow = policy("x", "allow-ns-y-pod-a", pod_label("a")).ingress(vec![from(
+        vec![pods_in(ns_label("y"), pod_label("a"))],
+        vec![],
+    )]);
+    let reach = Reach::all(true)
+        .all_ingress("x/a", false)
+        .peer("y/a", "x/a", true);
     run(vec![Step::Apply(allow), probe(80, protocol, reach)]);
 }
 
@@ -568,9 +676,13 @@ fn a_pod_in_another_namespace_by_pod_and_namespace_selector_over_sctp() {
 }
 
 fn ports_case(protocol: Protocol) {
-    let allow = policy("x", "allow-ingress-on-port-81-ns-x", pod_label("a"))
-        .ingress(vec![from(vec![namespaces(ns_label("y"))], vec![port(81, protocol)])]);
-    let on_81 = Reach::all(true).peer("x", "x/a", false).peer("z", "x/a", false);
+    let allow = policy("x", "allow-ingress-on-port-81-ns-x", pod_label("a")).ingress(vec![from(
+        vec![namespaces(ns_label("y"))],
+        vec![port(81, protocol)],
+    )]);
+    let on_81 = Reach::all(true)
+        .peer("x", "x/a", false)
+        .peer("z", "x/a", false);
     let other = Reach::all(true).all_ingress("x/a", false);
     let other_protocol = if protocol == TCP { UDP } else { TCP };
     run(vec![
@@ -598,11 +710,17 @@ fn ports_restrict_an_allow_to_one_port_over_sctp() {
 
 #[test]
 fn stacked_policies_with_overlapping_selectors_add_up() {
-    let on_81 = policy("x", "allow-ingress-on-port-81-ns-x", pod_label("a"))
-        .ingress(vec![from(vec![namespaces(ns_label("y"))], vec![port(81, TCP)])]);
-    let on_80 = policy("x", "allow-ingress-on-port-80-ns-x", pod_label("a"))
-        .ingress(vec![from(vec![namespaces(ns_label("y"))], vec![port(80, TCP)])]);
-    let allow_y = Reach::all(true).peer("x", "x/a", false).peer("z", "x/a", false);
+    let on_81 = policy("x", "allow-ingress-on-port-81-ns-x", pod_label("a")).ingress(vec![from(
+        vec![namespaces(ns_label("y"))],
+        vec![port(81, TCP)],
+    )]);
+    let on_80 = policy("x", "allow-ingress-on-port-80-ns-x", pod_label("a")).ingress(vec![from(
+        vec![namespaces(ns_label("y"))],
+        vec![port(80, TCP)],
+    )]);
+    let allow_y = Reach::all(true)
+        .peer("x", "x/a", false)
+        .peer("z", "x/a", false);
     let deny = Reach::all(true).all_ingress("x/a", false);
     run(vec![
         Step::Apply(on_81),
@@ -627,7 +745,8 @@ fn allow_all_ingress_with_one_empty_rule() {
 
 #[test]
 fn ingress_on_one_named_port() {
-    let allow = policy("x", "allow-all", everything()).ingress(vec![from(vec![], vec![named_port("serve-81-tcp")])]);
+    let allow = policy("x", "allow-all", everything())
+        .ingress(vec![from(vec![], vec![named_port("serve-81-tcp")])]);
     run(vec![
         Step::Apply(allow),
         probe(81, TCP, Reach::all(true)),
@@ -638,18 +757,26 @@ fn ingress_on_one_named_port() {
 
 #[test]
 fn ingress_from_one_namespace_on_one_named_port() {
-    let allow = policy("x", "allow-client-in-ns-y-on-named-port", everything())
-        .ingress(vec![from(vec![namespaces(ns_label("y"))], vec![named_port("serve-80-tcp")])]);
+    let allow =
+        policy("x", "allow-client-in-ns-y-on-named-port", everything()).ingress(vec![from(
+            vec![namespaces(ns_label("y"))],
+            vec![named_port("serve-80-tcp")],
+        )]);
     run(vec![
         Step::Apply(allow),
-        probe(80, TCP, Reach::all(true).peer("x", "x", false).peer("z", "x", false)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true).peer("x", "x", false).peer("z", "x", false),
+        ),
         probe(81, TCP, Reach::all(true).all_ingress("x", false)),
     ]);
 }
 
 #[test]
 fn egress_on_one_named_port() {
-    let allow = policy("x", "allow-egress", everything()).egress(vec![to(vec![], vec![named_port("serve-80-tcp")])]);
+    let allow = policy("x", "allow-egress", everything())
+        .egress(vec![to(vec![], vec![named_port("serve-80-tcp")])]);
     run(vec![
         Step::Apply(allow),
         probe(80, TCP, Reach::all(true)),
@@ -660,7 +787,8 @@ fn egress_on_one_named_port() {
 
 #[test]
 fn an_updated_policy_is_enforced() {
-    let allow = policy("x", "allow-all-mutate-to-deny-all", everything()).ingress(vec![from(vec![], vec![])]);
+    let allow = policy("x", "allow-all-mutate-to-deny-all", everything())
+        .ingress(vec![from(vec![], vec![])]);
     let deny = policy("x", "allow-all-mutate-to-deny-all", everything()).ingress(vec![]);
     run(vec![
         Step::Apply(allow),
@@ -672,40 +800,66 @@ fn an_updated_policy_is_enforced() {
 
 #[test]
 fn updated_namespace_labels_are_enforced() {
-    let allow = policy("x", "allow-client-a-via-ns-selector", pod_label("a"))
-        .ingress(vec![from(vec![namespaces(selector(&[("ns2", "updated")]))], vec![])]);
+    let allow = policy("x", "allow-client-a-via-ns-selector", pod_label("a")).ingress(vec![from(
+        vec![namespaces(selector(&[("ns2", "updated")]))],
+        vec![],
+    )]);
     run(vec![
         Step::Apply(allow),
         probe(80, TCP, Reach::all(true).all_ingress("x/a", false)),
         Step::NamespaceLabels("y", &[("ns2", "updated")]),
-        probe(80, TCP, Reach::all(true).peer("x", "x/a", false).peer("z", "x/a", false)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .peer("x", "x/a", false)
+                .peer("z", "x/a", false),
+        ),
     ]);
 }
 
 #[test]
 fn updated_pod_labels_are_enforced() {
-    let allow = policy("x", "allow-client-a-via-pod-selector", pod_label("a"))
-        .ingress(vec![from(vec![pods(selector(&[("pod", "b"), ("pod2", "updated")]))], vec![])]);
+    let allow = policy("x", "allow-client-a-via-pod-selector", pod_label("a")).ingress(vec![from(
+        vec![pods(selector(&[("pod", "b"), ("pod2", "updated")]))],
+        vec![],
+    )]);
     run(vec![
         Step::Apply(allow),
         probe(80, TCP, Reach::all(true).all_ingress("x/a", false)),
         Step::PodLabels("x", "b", &[("pod2", "updated")]),
-        probe(80, TCP, Reach::all(true).all_ingress("x/a", false).peer("x/b", "x/a", true)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_ingress("x/a", false)
+                .peer("x/b", "x/a", true),
+        ),
     ]);
 }
 
 #[test]
 fn ingress_from_other_namespaces_is_denied() {
-    let allow = policy("x", "deny-empty-policy", everything()).ingress(vec![from(vec![pods(everything())], vec![])]);
+    let allow = policy("x", "deny-empty-policy", everything())
+        .ingress(vec![from(vec![pods(everything())], vec![])]);
     run(vec![
         Step::Apply(allow),
-        probe(80, TCP, Reach::all(true).peer("y", "x", false).peer("z", "x", false)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true).peer("y", "x", false).peer("z", "x", false),
+        ),
     ]);
 }
 
 #[test]
 fn a_pod_labelled_into_a_deny_policy_becomes_isolated() {
-    let deny = policy("x", "deny-ingress-via-label-selector", selector(&[("target", "isolated")])).ingress(vec![]);
+    let deny = policy(
+        "x",
+        "deny-ingress-via-label-selector",
+        selector(&[("target", "isolated")]),
+    )
+    .ingress(vec![]);
     run(vec![
         Step::Apply(deny),
         probe(80, TCP, Reach::all(true)),
@@ -717,23 +871,39 @@ fn a_pod_labelled_into_a_deny_policy_becomes_isolated() {
 #[test]
 fn egress_deny_from_one_pod() {
     let deny = policy("x", "deny-egress-pod-a", pod_label("a")).egress(vec![]);
-    run(vec![Step::Apply(deny), probe(80, TCP, Reach::all(true).all_egress("x/a", false))]);
+    run(vec![
+        Step::Apply(deny),
+        probe(80, TCP, Reach::all(true).all_egress("x/a", false)),
+    ]);
 }
 
 #[test]
 fn egress_deny_from_a_whole_namespace() {
     let deny = policy("x", "deny-egress-ns-x", everything()).egress(vec![]);
-    run(vec![Step::Apply(deny), probe(80, TCP, Reach::all(true).all_egress("x", false))]);
+    run(vec![
+        Step::Apply(deny),
+        probe(80, TCP, Reach::all(true).all_egress("x", false)),
+    ]);
 }
 
 #[test]
 fn ingress_and_egress_together() {
-    let both = policy("x", "allow-client-a-via-pod-selector-with-egress", pod_label("a"))
-        .ingress(vec![from(vec![pods(pod_label("b"))], vec![])])
-        .egress(vec![to(vec![], vec![port(80, TCP)])]);
+    let both = policy(
+        "x",
+        "allow-client-a-via-pod-selector-with-egress",
+        pod_label("a"),
+    )
+    .ingress(vec![from(vec![pods(pod_label("b"))], vec![])])
+    .egress(vec![to(vec![], vec![port(80, TCP)])]);
     run(vec![
         Step::Apply(both),
-        probe(80, TCP, Reach::all(true).all_ingress("x/a", false).peer("x/b", "x/a", true)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_ingress("x/a", false)
+                .peer("x/b", "x/a", true),
+        ),
         probe(
             81,
             TCP,
@@ -747,33 +917,53 @@ fn ingress_and_egress_together() {
 
 #[test]
 fn client_side_egress_deny_wins_over_a_server_allow() {
-    let x_a = policy("x", "allow-to-ns-y-pod-a", pod_label("a"))
-        .egress(vec![to(vec![pods_in(ns_label("y"), pod_label("a"))], vec![port(80, TCP)])]);
-    let y_a = policy("y", "allow-from-xa-to-ya", pod_label("a"))
-        .ingress(vec![from(vec![pods_in(ns_label("x"), pod_label("a"))], vec![port(80, TCP)])]);
-    let y_b = policy("y", "allow-from-xa-to-yb", pod_label("b"))
-        .ingress(vec![from(vec![pods_in(ns_label("x"), pod_label("a"))], vec![port(80, TCP)])]);
+    let x_a = policy("x", "allow-to-ns-y-pod-a", pod_label("a")).egress(vec![to(
+        vec![pods_in(ns_label("y"), pod_label("a"))],
+        vec![port(80, TCP)],
+    )]);
+    let y_a = policy("y", "allow-from-xa-to-ya", pod_label("a")).ingress(vec![from(
+        vec![pods_in(ns_label("x"), pod_label("a"))],
+        vec![port(80, TCP)],
+    )]);
+    let y_b = policy("y", "allow-from-xa-to-yb", pod_label("b")).ingress(vec![from(
+        vec![pods_in(ns_label("x"), pod_label("a"))],
+        vec![port(80, TCP)],
+    )]);
     let reach = Reach::all(true)
         .all_egress("x/a", false)
         .all_ingress("y/a", false)
         .all_ingress("y/b", false)
         .peer("x/a", "y/a", true);
-    run(vec![Step::Apply(x_a), Step::Apply(y_a), Step::Apply(y_b), probe(80, TCP, reach)]);
+    run(vec![
+        Step::Apply(x_a),
+        Step::Apply(y_a),
+        Step::Apply(y_b),
+        probe(80, TCP, reach),
+    ]);
 }
 
 #[test]
 fn egress_to_a_pod_in_another_namespace_by_pod_and_namespace_selector() {
-    let allow = policy("x", "allow-to-ns-y-pod-a", pod_label("a"))
-        .egress(vec![to(vec![pods_in(ns_label("y"), pod_label("a"))], vec![port(80, TCP)])]);
+    let allow = policy("x", "allow-to-ns-y-pod-a", pod_label("a")).egress(vec![to(
+        vec![pods_in(ns_label("y"), pod_label("a"))],
+        vec![port(80, TCP)],
+    )]);
     run(vec![
         Step::Apply(allow),
-        probe(80, TCP, Reach::all(true).all_egress("x/a", false).peer("x/a", "y/a", true)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_egress("x/a", false)
+                .peer("x/a", "y/a", true),
+        ),
     ]);
 }
 
 #[test]
 fn any_port_on_one_protocol() {
-    let allow = policy("x", "allow-ingress-by-proto", pod_label("a")).ingress(vec![from(vec![], vec![protocol_only(TCP)])]);
+    let allow = policy("x", "allow-ingress-by-proto", pod_label("a"))
+        .ingress(vec![from(vec![], vec![protocol_only(TCP)])]);
     let deny = Reach::all(true).all_ingress("x/a", false);
     run(vec![
         Step::Apply(allow),
@@ -786,7 +976,8 @@ fn any_port_on_one_protocol() {
 
 #[test]
 fn ingress_allow_all_takes_precedence() {
-    let only_80 = policy("x", "allow-ingress-port-80", pod_label("a")).ingress(vec![from(vec![], vec![port(80, TCP)])]);
+    let only_80 = policy("x", "allow-ingress-port-80", pod_label("a"))
+        .ingress(vec![from(vec![], vec![port(80, TCP)])]);
     let all = policy("x", "allow-ingress", everything()).ingress(vec![from(vec![], vec![])]);
     run(vec![
         Step::Apply(only_80),
@@ -798,7 +989,8 @@ fn ingress_allow_all_takes_precedence() {
 
 #[test]
 fn egress_allow_all_takes_precedence() {
-    let only_80 = policy("x", "allow-egress-port-80", pod_label("a")).egress(vec![to(vec![], vec![port(80, TCP)])]);
+    let only_80 = policy("x", "allow-egress-port-80", pod_label("a"))
+        .egress(vec![to(vec![], vec![port(80, TCP)])]);
     let all = policy("x", "allow-egress", everything()).egress(vec![to(vec![], vec![])]);
     run(vec![
         Step::Apply(only_80),
@@ -810,10 +1002,18 @@ fn egress_allow_all_takes_precedence() {
 
 #[test]
 fn deleting_policies_restores_access() {
-    let deny = policy("x", "deny-all", everything()).ingress(vec![]).egress(vec![]);
+    let deny = policy("x", "deny-all", everything())
+        .ingress(vec![])
+        .egress(vec![]);
     run(vec![
         Step::Apply(deny),
-        probe(80, TCP, Reach::all(true).all_ingress("x", false).all_egress("x", false)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_ingress("x", false)
+                .all_egress("x", false),
+        ),
         Step::Delete("x", "deny-all"),
         probe(80, TCP, Reach::all(true)),
     ]);
@@ -821,40 +1021,69 @@ fn deleting_policies_restores_access() {
 
 #[test]
 fn egress_to_a_cidr_block_matches_a_pod_address() {
-    let allow = policy("x", "allow-client-a-via-cidr-egress-rule", pod_label("a")).egress(vec![to(host_cidrs("y", "b"), vec![])]);
+    let allow = policy("x", "allow-client-a-via-cidr-egress-rule", pod_label("a"))
+        .egress(vec![to(host_cidrs("y", "b"), vec![])]);
     run(vec![
         Step::Apply(allow),
-        probe(80, TCP, Reach::all(true).all_egress("x/a", false).peer("x/a", "y/b", true)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_egress("x/a", false)
+                .peer("x/a", "y/b", true),
+        ),
     ]);
 }
 
 #[test]
 fn except_carves_a_pod_out_of_a_cidr_block() {
-    let allow = policy("x", "deny-client-a-via-except-cidr-egress-rule", pod_label("a"))
-        .egress(vec![to(cidr_except_pod("x", "b"), vec![])]);
-    run(vec![Step::Apply(allow), probe(80, TCP, Reach::all(true).peer("x/a", "x/b", false))]);
+    let allow = policy(
+        "x",
+        "deny-client-a-via-except-cidr-egress-rule",
+        pod_label("a"),
+    )
+    .egress(vec![to(cidr_except_pod("x", "b"), vec![])]);
+    run(vec![
+        Step::Apply(allow),
+        probe(80, TCP, Reach::all(true).peer("x/a", "x/b", false)),
+    ]);
 }
 
 #[test]
 fn an_update_that_overlaps_cidr_and_except_replaces_the_policy() {
     let name = "deny-client-a-via-except-cidr-egress-rule";
-    let except = policy("x", name, pod_label("a")).egress(vec![to(cidr_except_pod("x", "b"), vec![])]);
+    let except =
+        policy("x", name, pod_label("a")).egress(vec![to(cidr_except_pod("x", "b"), vec![])]);
     let host = policy("x", name, pod_label("a")).egress(vec![to(host_cidrs("x", "b"), vec![])]);
     run(vec![
         Step::Apply(except),
         probe(80, TCP, Reach::all(true).peer("x/a", "x/b", false)),
         Step::Apply(host),
-        probe(80, TCP, Reach::all(true).all_egress("x/a", false).peer("x/a", "x/b", true)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_egress("x/a", false)
+                .peer("x/a", "x/b", true),
+        ),
     ]);
 }
 
 #[test]
 fn ingress_and_egress_are_controlled_independently() {
-    let egress = policy("x", "allow-egress-for-target", pod_label("a")).egress(vec![to(vec![pods(pod_label("b"))], vec![])]);
-    let deny_ingress = policy("x", "deny-ingress-via-label-selector", pod_label("a")).ingress(vec![]);
+    let egress = policy("x", "allow-egress-for-target", pod_label("a"))
+        .egress(vec![to(vec![pods(pod_label("b"))], vec![])]);
+    let deny_ingress =
+        policy("x", "deny-ingress-via-label-selector", pod_label("a")).ingress(vec![]);
     run(vec![
         Step::Apply(egress),
-        probe(80, TCP, Reach::all(true).all_egress("x/a", false).peer("x/a", "x/b", true)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .all_egress("x/a", false)
+                .peer("x/a", "x/b", true),
+        ),
         Step::Apply(deny_ingress),
         probe(
             80,
@@ -868,7 +1097,8 @@ fn ingress_and_egress_are_controlled_independently() {
 }
 
 fn one_protocol_case(allowed: Protocol) {
-    let allow = policy("x", "allow-only-one-protocol-on-81", pod_label("a")).ingress(vec![from(vec![], vec![port(81, allowed)])]);
+    let allow = policy("x", "allow-only-one-protocol-on-81", pod_label("a"))
+        .ingress(vec![from(vec![], vec![port(81, allowed)])]);
     let mut steps = vec![Step::Apply(allow), probe(81, allowed, Reach::all(true))];
     for other in Protocol::ALL.into_iter().filter(|p| *p != allowed) {
         steps.push(probe(81, other, Reach::all(true).all_ingress("x/a", false)));
@@ -893,17 +1123,39 @@ fn a_tcp_only_allow_does_not_open_udp_or_sctp() {
 
 #[test]
 fn the_default_namespace_name_label_selects_a_namespace() {
-    let allow = policy("x", "allow-client-a-via-ns-selector-for-immutable-ns-label", pod_label("a"))
-        .ingress(vec![from(vec![namespaces(selector(&[(NAMESPACE_NAME_LABEL, "y")]))], vec![])]);
+    let allow = policy(
+        "x",
+        "allow-client-a-via-ns-selector-for-immutable-ns-label",
+        pod_label("a"),
+    )
+    .ingress(vec![from(
+        vec![namespaces(selector(&[(NAMESPACE_NAME_LABEL, "y")]))],
+        vec![],
+    )]);
     run(vec![
         Step::Apply(allow),
-        probe(80, TCP, Reach::all(true).peer("x", "x/a", false).peer("z", "x/a", false)),
+        probe(
+            80,
+            TCP,
+            Reach::all(true)
+                .peer("x", "x/a", false)
+                .peer("z", "x/a", false),
+        ),
     ]);
 }
 
 #[test]
 fn the_default_namespace_name_label_in_match_expressions() {
-    let allow = policy("x", "allow-client-a-via-ns-selector", pod_label("a"))
-        .egress(vec![to(vec![namespaces(expression(NAMESPACE_NAME_LABEL, "NotIn", &["y"]))], vec![])]);
-    run(vec![Step::Apply(allow), probe(80, TCP, Reach::all(true).peer("x/a", "y", false))]);
+    let allow = policy("x", "allow-client-a-via-ns-selector", pod_label("a")).egress(vec![to(
+        vec![namespaces(expression(
+            NAMESPACE_NAME_LABEL,
+            "NotIn",
+            &["y"],
+        ))],
+        vec![],
+    )]);
+    run(vec![
+        Step::Apply(allow),
+        probe(80, TCP, Reach::all(true).peer("x/a", "y", false)),
+    ]);
 }

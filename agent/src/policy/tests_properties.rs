@@ -18,7 +18,7 @@ use proptest::{collection::vec, option, prelude::*, sample::select};
 
 use crate::model::{
     Change, Cidr, ContainerPort, IpBlock, Labels, Namespace, NetworkPolicy, ObjectRef, Operator,
-    Peer, Peers, PolicyPort, Pod, PortMatch, Ports, Protocol, Requirement, Rule, Selector,
+    Peer, Peers, Pod, PolicyPort, PortMatch, Ports, Protocol, Requirement, Rule, Selector,
     Snapshot,
 };
 
@@ -55,12 +55,29 @@ fn pod_v6() -> impl Strategy<Value = IpAddr> {
 }
 
 /// Addresses that are no pod's (or a hostNetwork pod's) as flow ends.
-const OTHER_ADDRESSES: [&str; 6] = ["10.0.0.14", "10.0.1.1", "192.168.0.1", "172.16.0.1", "fd00::f", "2001:db8::1"];
+const OTHER_ADDRESSES: [&str; 6] = [
+    "10.0.0.14",
+    "10.0.1.1",
+    "192.168.0.1",
+    "172.16.0.1",
+    "fd00::f",
+    "2001:db8::1",
+];
 
 fn cidrs() -> impl Strategy<Value = Cidr> {
     select(vec![
-        "10.0.0.0/28", "10.0.0.0/30", "10.0.0.4/30", "10.0.0.8/29", "10.0.0.5/32", "10.0.0.0/8",
-        "0.0.0.0/0", "192.168.0.0/30", "fd00::/124", "fd00::/126", "fd00::3/128", "::/0",
+        "10.0.0.0/28",
+        "10.0.0.0/30",
+        "10.0.0.4/30",
+        "10.0.0.8/29",
+        "10.0.0.5/32",
+        "10.0.0.0/8",
+        "0.0.0.0/0",
+        "192.168.0.0/30",
+        "fd00::/124",
+        "fd00::/126",
+        "fd00::3/128",
+        "::/0",
     ])
     .prop_map(|text| Cidr::parse(text).expect("test cidr"))
 }
@@ -108,14 +125,17 @@ fn selector() -> impl Strategy<Value = Selector> {
 fn namespace_selector() -> impl Strategy<Value = Selector> {
     prop_oneof![
         3 => selector(),
-        1 => select(NAMESPACES.to_vec()).prop_map(|ns| Selector::labels([(crate::model::NAMESPACE_NAME_LABEL, ns)])),
+        1 => select(NAMESPACES.to_vec())
+            .prop_map(|ns| Selector::labels([(crate::model::NAMESPACE_NAME_LABEL, ns)])),
     ]
 }
 
 fn peer() -> impl Strategy<Value = Peer> {
     prop_oneof![
-        4 => (option::of(namespace_selector()), selector()).prop_map(|(namespaces, pods)| Peer::Pods { namespaces, pods }),
-        4 => (cidrs(), vec(cidrs(), 0..3)).prop_map(|(cidr, except)| Peer::IpBlock(IpBlock { cidr, except })),
+        4 => (option::of(namespace_selector()), selector())
+            .prop_map(|(namespaces, pods)| Peer::Pods { namespaces, pods }),
+        4 => (cidrs(), vec(cidrs(), 0..3))
+            .prop_map(|(cidr, except)| Peer::IpBlock(IpBlock { cidr, except })),
         1 => Just(Peer::Nothing),
     ]
 }
@@ -138,7 +158,8 @@ fn policy_port() -> impl Strategy<Value = PolicyPort> {
 
 fn rule() -> impl Strategy<Value = Rule> {
     let peers = prop_oneof![1 => Just(Peers::All), 3 => vec(peer(), 0..4).prop_map(Peers::Only)];
-    let ports = prop_oneof![1 => Just(Ports::All), 2 => vec(policy_port(), 0..4).prop_map(Ports::Only)];
+    let ports =
+        prop_oneof![1 => Just(Ports::All), 2 => vec(policy_port(), 0..4).prop_map(Ports::Only)];
     (peers, ports).prop_map(|(peers, ports)| Rule { peers, ports })
 }
 
@@ -147,25 +168,35 @@ fn rules() -> impl Strategy<Value = Option<Vec<Rule>>> {
 }
 
 fn policy() -> impl Strategy<Value = NetworkPolicy> {
-    (select(NAMESPACES.to_vec()), select(POLICY_NAMES.to_vec()), selector(), rules(), rules()).prop_map(
-        |(namespace, name, pod_selector, ingress, egress)| NetworkPolicy {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            pod_selector,
-            ingress,
-            egress,
-        },
+    (
+        select(NAMESPACES.to_vec()),
+        select(POLICY_NAMES.to_vec()),
+        selector(),
+        rules(),
+        rules(),
     )
+        .prop_map(
+            |(namespace, name, pod_selector, ingress, egress)| NetworkPolicy {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                pod_selector,
+                ingress,
+                egress,
+            },
+        )
 }
 
 fn container_port() -> impl Strategy<Value = ContainerPort> {
-    (option::weighted(0.8, select(PORT_NAMES.to_vec())), select(PORTS.to_vec()), protocol()).prop_map(
-        |(name, port, protocol)| ContainerPort {
+    (
+        option::weighted(0.8, select(PORT_NAMES.to_vec())),
+        select(PORTS.to_vec()),
+        protocol(),
+    )
+        .prop_map(|(name, port, protocol)| ContainerPort {
             name: name.map(str::to_owned),
             port,
             protocol,
-        },
-    )
+        })
 }
 
 fn pod() -> impl Strategy<Value = Pod> {
@@ -179,22 +210,24 @@ fn pod() -> impl Strategy<Value = Pod> {
         prop::bool::weighted(0.1),
         vec(container_port(), 1..4),
     )
-        .prop_map(|(namespace, name, labels, v4, v6, node, host_network, ports)| {
-            let ips = if host_network {
-                [ip("192.168.0.1")].into()
-            } else {
-                v4.into_iter().chain(v6).collect()
-            };
-            Pod {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                labels,
-                ips,
-                node: node.map(str::to_owned),
-                host_network,
-                ports,
-            }
-        })
+        .prop_map(
+            |(namespace, name, labels, v4, v6, node, host_network, ports)| {
+                let ips = if host_network {
+                    [ip("192.168.0.1")].into()
+                } else {
+                    v4.into_iter().chain(v6).collect()
+                };
+                Pod {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    labels,
+                    ips,
+                    node: node.map(str::to_owned),
+                    host_network,
+                    ports,
+                }
+            },
+        )
 }
 
 fn namespace() -> impl Strategy<Value = Namespace> {
@@ -202,24 +235,30 @@ fn namespace() -> impl Strategy<Value = Namespace> {
 }
 
 fn snapshot() -> impl Strategy<Value = Snapshot> {
-    (vec(namespace(), 0..4), vec(pod(), 1..9), vec(policy(), 0..6)).prop_map(|(namespaces, pods, policies)| {
-        let mut snapshot = Snapshot::default();
-        for change in namespaces
-            .into_iter()
-            .map(Change::ApplyNamespace)
-            .chain(pods.into_iter().map(Change::ApplyPod))
-            .chain(policies.into_iter().map(Change::ApplyPolicy))
-        {
-            snapshot.apply(change);
-        }
-        snapshot
-    })
+    (
+        vec(namespace(), 0..4),
+        vec(pod(), 1..9),
+        vec(policy(), 0..6),
+    )
+        .prop_map(|(namespaces, pods, policies)| {
+            let mut snapshot = Snapshot::default();
+            for change in namespaces
+                .into_iter()
+                .map(Change::ApplyNamespace)
+                .chain(pods.into_iter().map(Change::ApplyPod))
+                .chain(policies.into_iter().map(Change::ApplyPolicy))
+            {
+                snapshot.apply(change);
+            }
+            snapshot
+        })
 }
 
 fn change() -> impl Strategy<Value = Change> {
-    let pod_key = (select(NAMESPACES.to_vec()), select(POD_NAMES.to_vec())).prop_map(|(ns, name)| ObjectRef::new(ns, name));
-    let policy_key =
-        (select(NAMESPACES.to_vec()), select(POLICY_NAMES.to_vec())).prop_map(|(ns, name)| ObjectRef::new(ns, name));
+    let pod_key = (select(NAMESPACES.to_vec()), select(POD_NAMES.to_vec()))
+        .prop_map(|(ns, name)| ObjectRef::new(ns, name));
+    let policy_key = (select(NAMESPACES.to_vec()), select(POLICY_NAMES.to_vec()))
+        .prop_map(|(ns, name)| ObjectRef::new(ns, name));
     prop_oneof![
         4 => pod().prop_map(Change::ApplyPod),
         2 => pod_key.prop_map(Change::DeletePod),
@@ -232,7 +271,11 @@ fn change() -> impl Strategy<Value = Change> {
 
 /// Flows between every pair of interesting addresses, over TCP, UDP, SCTP and ICMP.
 fn flows(snapshot: &Snapshot, ports: &[u16]) -> Vec<Flow> {
-    let mut addresses: BTreeSet<IpAddr> = snapshot.pods.values().flat_map(|pod| pod.ips.iter().copied()).collect();
+    let mut addresses: BTreeSet<IpAddr> = snapshot
+        .pods
+        .values()
+        .flat_map(|pod| pod.ips.iter().copied())
+        .collect();
     addresses.extend(OTHER_ADDRESSES.iter().map(|text| ip(text)));
     let mut flows = Vec::new();
     let pod_addresses: BTreeSet<IpAddr> = snapshot
@@ -301,11 +344,13 @@ proptest! {
                 let fresh = compile(engine.snapshot(), node);
                 let (incremental, full) = (canonical(engine.state()), canonical(&fresh));
                 prop_assert!(incremental.is_ok(), "{:?}", incremental);
-                prop_assert_eq!(incremental, full, "incremental != full on {} after {:?}", node, batch);
+                prop_assert_eq!(
+                    incremental, full, "incremental != full on {} after {:?}", node, batch
+                );
             }
-            let checked = check_flows(engine.snapshot(), node, engine.state(), flows(engine.snapshot(), &[80, 81]));
+            let flows = flows(engine.snapshot(), &[80, 81]);
+            let checked = check_flows(engine.snapshot(), node, engine.state(), flows);
             prop_assert_eq!(checked, Ok(()), "on {}", node);
         }
     }
 }
-

@@ -172,13 +172,18 @@ impl RateLimit {
         }
         self.logged += 1;
         let ip = |addr: &agent_common::addr::Addr| {
-            addr.to_ip().map_or_else(|| "?".to_owned(), |ip: IpAddr| ip.to_string())
+            addr.to_ip()
+                .map_or_else(|| "?".to_owned(), |ip: IpAddr| ip.to_string())
         };
         let reason = DropReason::ALL
             .iter()
             .find(|reason| **reason as u32 == event.reason)
             .map_or("unknown", |reason| reason.name());
-        let direction = if event.direction == u32::from(DIR_INGRESS) { "ingress" } else { "egress" };
+        let direction = if event.direction == u32::from(DIR_INGRESS) {
+            "ingress"
+        } else {
+            "egress"
+        };
         let audit = event.flags & EVENT_AUDIT != 0;
         tracing::info!(
             target: "netpol::drop",

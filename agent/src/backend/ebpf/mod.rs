@@ -107,10 +107,12 @@ pub struct MapSizes {
 
 impl Default for MapSizes {
     fn default() -> Self {
+        // LPM tries allocate per entry (BPF_F_NO_PREALLOC): their capacity is only a cap, so it
+        // is generous. A restart holds two id generations of policy entries for a moment.
         Self {
             endpoints: 1024,
-            ipcache: 65_536,
-            policy: 65_536,
+            ipcache: 262_144,
+            policy: 262_144,
             services: 64,
             conntrack: 262_144,
             fragments: 8192,
