@@ -32,11 +32,22 @@ pub fn run(_options: &Options) -> Result<()> {
     // Debian's source the first time, about 12 minutes).
     let kube_apiserver = apiserver::ensure_kube_apiserver()?;
     apiserver::etcd_binary()?;
+    // The end-to-end suites run the agent binary, which `cargo test` does not build for
+    // another package's tests.
+    exec::run(cargo(root, &object).args([
+        "build",
+        "--package",
+        "netpol-agent",
+        "--bin",
+        "netpol-agent",
+    ]))?;
+    let agent = root.join("target").join("debug").join("netpol-agent");
     // One thread: the integration suites share kernel state (bpffs, test namespaces).
     exec::run(
         cargo(root, &object)
             .args(["test", "--workspace", "--", "--test-threads=1"])
-            .env(KUBE_APISERVER_ENV, &kube_apiserver),
+            .env(KUBE_APISERVER_ENV, &kube_apiserver)
+            .env("NETPOL_AGENT_BIN", &agent),
     )?;
     // The test-run suite again, inside the Debian 5.10, 6.1 and 6.12 kernels.
     vm::run_matrix(&object, &vm::Options::default())?;
