@@ -114,7 +114,12 @@ fn seen_bit(hook: Hook) -> u32 {
 /// policy lookups. Policy governs new connections; established ones continue until they end
 /// or expire (as in Cilium and Calico). Anything else (no entry, another hook's entry, ICMP
 /// errors and neighbour discovery, fragments, unreadable headers) takes the full decision.
-#[inline(always)]
+///
+/// A BPF-to-BPF call, not inlined: its locals then live in a frame that is gone when it
+/// returns, so the verifier's states after the call are alike whatever path it took inside
+/// and prune; inlined, its paths multiplied with the full decision's past the 1M processed
+/// instructions of 5.10 and 6.1.
+#[inline(never)]
 pub fn established(ctx: &TcContext, config: &Config, packet: &Packet, hook: Hook) -> bool {
     if packet.fragment.later {
         return false;
