@@ -308,13 +308,9 @@ pub async fn serve(
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let mut request = [0u8; 2048];
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
-            let Ok(Ok(length)) = read else {
+            let Some(head) = read_head(&mut stream).await else {
                 return;
             };
-            let head = String::from_utf8_lossy(&request[..length]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/healthz" => ("200 OK", "ok\n".to_owned()),
@@ -333,6 +329,26 @@ pub async fn serve(
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// The request head (up to the blank line), read within 5 s and 4 KiB; `None` otherwise.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 4096 {
+            let length = stream.read(&mut buf).await.ok()?;
+            if length == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..length]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()??;
+    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 #[cfg(test)]

@@ -220,10 +220,9 @@ pub fn http_get(path: &str) -> Result<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&"127.0.0.1:9990".parse()?, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )?;
+    // One write: a request split over several segments must not race the server's read.
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
