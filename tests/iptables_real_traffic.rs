@@ -3,105 +3,24 @@
 //! backends, node-originated traffic), with the backend driven in-process inside the node's
 //! namespace; and coexistence: foreign rules, chains and sets are untouched byte for byte.
 
-use std::{net::IpAddr, process::Command};
+use std::process::Command;
 
-use agent_common::{
-    addr::Addr,
-    endpoint::{Endpoint, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
-    ipcache::PeerClass,
-    policy::{DIR_EGRESS, DIR_INGRESS, PREFIX_ANY_PROTO, PREFIX_FULL, PolicyKey, PolicyValue},
-};
+use agent_common::{addr::Addr, ipcache::PeerClass};
 use netpol_agent::{
     backend::{
         Backend, PodInterfaces,
         iptables::{IptablesBackend, cleanup, tools::Flavour},
     },
-    model::ObjectRef,
-    policy::{Delta, Direction, IpPrefix, NodeState, PolicyEntryKey, RuleRef},
+    policy::{Delta, IpPrefix},
 };
 use netpol_tests::{
     netns::{Netns, SimulatedNode},
+    reference::{
+        CLASS_B, INTERNET, LOCAL_PODS, POD_A, POD_B, POD_C, REMOTE_POD, RULE, ReferenceNode, VIP_A,
+        ip, service_ranges, state,
+    },
     require_root,
 };
-
-const LOCAL_PODS: &str = "10.244.1.0/24";
-const POD_A: &str = "10.244.1.10";
-const POD_B: &str = "10.244.1.11";
-const POD_C: &str = "10.244.1.12";
-const REMOTE_POD: &str = "10.244.2.10";
-const INTERNET: &str = "198.51.100.7";
-const VIP_A: &str = "10.96.0.10";
-const VIP_INTERNET: &str = "10.96.0.11";
-const VIP_B: &str = "10.96.0.12";
-
-const CLASS_B: u32 = 5;
-const CLASS_INTERNET: u32 = 6;
-const SET_A_IN: u32 = 7;
-const SET_A_OUT: u32 = 8;
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("test address")
-}
-
-/// The state `real_traffic.rs` writes into the maps: pod A isolated both ways; ingress allows
-/// TCP/80 and UDP/81 from B only, egress allows anything to the internet /24 only.
-fn state() -> NodeState {
-    let mut state = NodeState::default();
-    state.endpoints.insert(
-        Addr::from(ip(POD_A)),
-        Endpoint {
-            id: 1,
-            ifindex: 0,
-            flags: FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED,
-            ingress_set: SET_A_IN,
-            egress_set: SET_A_OUT,
-        },
-    );
-    state.ipcache.insert(
-        IpPrefix::host(Addr::from(ip(POD_B))),
-        PeerClass { id: CLASS_B },
-    );
-    state.ipcache.insert(
-        IpPrefix::from_ip(ip("198.51.100.0"), 24),
-        PeerClass { id: CLASS_INTERNET },
-    );
-    for (len, key) in [
-        (
-            PREFIX_FULL,
-            PolicyKey::new(SET_A_IN, CLASS_B, DIR_INGRESS, 6, 80),
-        ),
-        (
-            PREFIX_FULL,
-            PolicyKey::new(SET_A_IN, CLASS_B, DIR_INGRESS, 17, 81),
-        ),
-        (
-            PREFIX_ANY_PROTO,
-            PolicyKey::new(SET_A_OUT, CLASS_INTERNET, DIR_EGRESS, 0, 0),
-        ),
-    ] {
-        state
-            .policy
-            .insert(PolicyEntryKey::new(key, len), PolicyValue { rule: 1 });
-    }
-    state.rules.insert(
-        1,
-        RuleRef {
-            policy: ObjectRef {
-                namespace: "default".to_owned(),
-                name: "a".to_owned(),
-            },
-            direction: Direction::Ingress,
-            rule: 0,
-            peer: None,
-            port: None,
-        },
-    );
-    state
-}
-
-fn service_ranges() -> Vec<(Addr, u8)> {
-    vec![(Addr::from(ip("10.96.0.0")), 16)]
-}
 
 /// Runs a command in the namespace and returns its stdout (panics on failure).
 fn output(netns: &Netns, program: &str, args: &[&str]) -> String {
@@ -163,14 +82,8 @@ fn foreign(netns: &Netns) -> String {
 }
 
 fn traffic(flavour: Flavour) {
-    let mut node = SimulatedNode::new(LOCAL_PODS, &[REMOTE_POD, INTERNET]);
-    let a = node.add_pod(POD_A);
-    let b = node.add_pod(POD_B);
-    let c = node.add_pod(POD_C);
-    node.add_service(VIP_A, 80, POD_A);
-    node.add_service(VIP_INTERNET, 80, INTERNET);
-    node.add_service(VIP_B, 80, POD_B);
-
+    let reference = ReferenceNode::build();
+    let node = &reference.node;
     let mut backend = node
         .node
         .run(|| IptablesBackend::with_flavour(flavour))
@@ -183,53 +96,8 @@ fn traffic(flavour: Flavour) {
             .converge(&state(), &PodInterfaces::new())
             .expect("converge");
     });
-    let _servers: Vec<_> = [
-        node.pods[a].netns.serve(80, "a"),
-        node.pods[a].netns.serve(81, "a"),
-        node.pods[b].netns.serve(80, "b"),
-        node.ext.serve(80, "ext"),
-    ]
-    .into_iter()
-    .collect();
-    let (pod_a, pod_b, pod_c) = (
-        &node.pods[a].netns,
-        &node.pods[b].netns,
-        &node.pods[c].netns,
-    );
-
-    assert!(pod_b.tcp_probe(ip(POD_A), 80), "B may open TCP/80 to A");
-    assert!(!pod_c.tcp_probe(ip(POD_A), 80), "C may not");
-    assert!(pod_b.udp_probe(ip(POD_A), 81), "B may send UDP/81 to A");
-    assert!(!pod_b.udp_probe(ip(POD_A), 80), "UDP/80 is not TCP/80");
-    assert!(!node.ext.tcp_probe(ip(POD_A), 80), "a remote pod may not");
-    assert!(
-        pod_a.tcp_probe(ip(INTERNET), 80),
-        "A may reach the internet"
-    );
-    assert!(
-        !pod_a.tcp_probe(ip(POD_B), 80),
-        "A may not open connections to B"
-    );
-    assert!(!pod_a.tcp_probe(ip(REMOTE_POD), 80), "nor to a remote pod");
-    assert!(
-        pod_b.tcp_probe(ip(VIP_A), 80),
-        "B reaches A through its Service"
-    );
-    assert!(
-        !pod_c.tcp_probe(ip(VIP_A), 80),
-        "C does not, through the Service either"
-    );
-    assert!(
-        pod_a.tcp_probe(ip(VIP_INTERNET), 80),
-        "A reaches a Service backed by the internet"
-    );
-    assert!(
-        !pod_a.tcp_probe(ip(VIP_B), 80),
-        "A does not reach a Service backed by B"
-    );
-    assert!(pod_c.tcp_probe(ip(POD_B), 80), "C reaches B");
-    assert!(pod_b.tcp_probe(ip(INTERNET), 80), "B reaches the internet");
-    assert!(node.node.tcp_probe(ip(POD_A), 80), "the node reaches A");
+    reference.check_traffic();
+    let (pod_a, pod_c) = (reference.pod(0), reference.pod(2));
 
     // An incremental update: C joins B's class; then the switch.
     let delta = Delta {
@@ -257,7 +125,7 @@ fn traffic(flavour: Flavour) {
     assert!(
         counters
             .rules
-            .get(&1)
+            .get(&RULE)
             .is_some_and(|count| count.packets > 0),
         "{counters:?}"
     );

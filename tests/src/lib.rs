@@ -5,6 +5,7 @@
 //! - [`agent`]: the real `netpol-agent` binary run inside a simulated node.
 //! - [`clusters`]: seeded random clusters and flows for the differential suites.
 //! - [`objects`]: an objects directory and the helpers of the suites that use one.
+//! - [`reference`]: the real-traffic case every backend is held to.
 //! - [`scenarios`]: the seed guide's four scenarios, for the demo and the agent suites.
 //! - [`apiserver`]: a real kube-apiserver and etcd on loopback, for the API-driven suites.
 //! - [`require_root`]: the skip rule for tests that need root.
@@ -15,6 +16,7 @@ pub mod clusters;
 pub mod netns;
 pub mod objects;
 pub mod packet;
+pub mod reference;
 pub mod scenarios;
 
 /// Whether this process may load BPF programs. Tests that need it print why they skip
