@@ -44,9 +44,6 @@ const LOG_TAIL_LINES: usize = 40;
 /// the cause).
 const ETCD_TAIL_LINES: usize = 10;
 
-/// Where Debian's `etcd-server` installs etcd.
-const DEBIAN_ETCD: &str = "/usr/bin/etcd";
-
 /// The namespace and name of the agent's service account. The agent's token authenticates as
 /// its user name, so bindings may name it as a `ServiceAccount` subject, as deploy/ does.
 pub const AGENT_NAMESPACE: &str = "kube-system";
@@ -191,21 +188,12 @@ fn apiserver_binary() -> Result<PathBuf> {
 }
 
 fn etcd_binary() -> Result<PathBuf> {
-    let debian = Path::new(DEBIAN_ETCD);
-    if debian.is_file() {
-        return Ok(debian.to_owned());
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("etcd"))
-        .find(|path| path.is_file())
-        .with_context(|| {
-            format!(
-                "no etcd at {DEBIAN_ETCD} or on PATH: install Debian's etcd-server \
-                 (`cargo xtask setup` does)"
-            )
-        })
+    xtask::find_etcd().with_context(|| {
+        format!(
+            "no etcd at {} or on PATH: install Debian's etcd-server (`cargo xtask setup` does)",
+            xtask::DEBIAN_ETCD
+        )
+    })
 }
 
 /// Everything the servers read, written before they start.

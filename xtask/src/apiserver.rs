@@ -48,9 +48,6 @@ const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const APT_SOURCES_LIST: &str = "/etc/apt/sources.list";
 const APT_SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 
-/// Where Debian's `etcd-server` installs etcd.
-const DEBIAN_ETCD: &str = "/usr/bin/etcd";
-
 #[derive(clap::Args, Default)]
 pub struct Options {}
 
@@ -105,21 +102,12 @@ pub fn ensure_kube_apiserver() -> Result<PathBuf> {
 
 /// Debian's `/usr/bin/etcd` (package `etcd-server`), or an `etcd` found on `PATH`.
 pub fn etcd_binary() -> Result<PathBuf> {
-    let debian = Path::new(DEBIAN_ETCD);
-    if debian.is_file() {
-        return Ok(debian.to_owned());
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("etcd"))
-        .find(|path| path.is_file())
-        .with_context(|| {
-            format!(
-                "no etcd at {DEBIAN_ETCD} or on PATH: install Debian's etcd-server \
-                 (`cargo xtask setup` does)"
-            )
-        })
+    xtask::find_etcd().with_context(|| {
+        format!(
+            "no etcd at {} or on PATH: install Debian's etcd-server (`cargo xtask setup` does)",
+            xtask::DEBIAN_ETCD
+        )
+    })
 }
 
 /// Every path of one version's cache entry.

@@ -41,3 +41,20 @@ pub fn bpf_linker_bin_dir() -> PathBuf {
 /// Tells the tests crate where the kube-apiserver binary is (`tests/src/apiserver.rs`).
 /// `cargo xtask test` builds or reuses it (`cargo xtask kube-apiserver`) and sets this.
 pub const KUBE_APISERVER_ENV: &str = "NETPOL_KUBE_APISERVER";
+
+/// Where Debian's `etcd-server` installs etcd.
+pub const DEBIAN_ETCD: &str = "/usr/bin/etcd";
+
+/// Debian's etcd, or an `etcd` found on `PATH` (the API-server suites and the xtask that
+/// prepares them look it up the same way).
+pub fn find_etcd() -> Option<PathBuf> {
+    let debian = PathBuf::from(DEBIAN_ETCD);
+    if debian.is_file() {
+        return Some(debian);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("etcd"))
+        .find(|path| path.is_file())
+}
