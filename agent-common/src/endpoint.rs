@@ -1,8 +1,9 @@
 //! `NP_ENDPOINTS`: the local pods this node enforces policy for, keyed by pod address.
 //!
 //! A pod with several addresses (dual stack) has one entry per address, all with the same
-//! endpoint id. Addresses that are not in this map are not local endpoints: the programs leave
-//! their traffic alone (unselected pods are untouched).
+//! endpoint id. Every local pod has an entry, selected by a policy or not (unselected pods have
+//! no isolation flags and pass). On a pod interface, an address with no entry is no pod we
+//! know: its traffic is dropped (`spoofed` as a source, `no_endpoint` as a destination).
 
 use crate::addr::Addr;
 
@@ -18,6 +19,9 @@ pub const FLAG_INGRESS_ISOLATED: u32 = 1 << 0;
 pub const FLAG_EGRESS_ISOLATED: u32 = 1 << 1;
 /// Audit mode: would-be drops are counted and reported, and the packet passes.
 pub const FLAG_AUDIT: u32 = 1 << 2;
+/// The endpoint's policy could not be written completely: it is written isolated in both
+/// directions with the empty set, and drops count as `DropReason::NotProgrammed`.
+pub const FLAG_NOT_PROGRAMMED: u32 = 1 << 3;
 
 /// Value: what the programs need to know about a local pod.
 #[repr(C)]

@@ -20,18 +20,26 @@ pub enum DropReason {
     Fragment = 4,
     /// The config map could not be read (never expected: the array always has its element).
     NoConfig = 5,
+    /// Traffic to a pod interface for an address that is no known endpoint: a pod the agent
+    /// has not programmed (yet) is isolated, not open.
+    NoEndpoint = 6,
+    /// The endpoint's policy could not be written completely (a map full, a failed write):
+    /// the agent denies its traffic until the write succeeds.
+    NotProgrammed = 7,
 }
 
 impl DropReason {
     /// One past the largest reason code: the number of rows per direction.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     /// Every reason, in code order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Policy,
         Self::Malformed,
         Self::Spoofed,
         Self::Fragment,
         Self::NoConfig,
+        Self::NoEndpoint,
+        Self::NotProgrammed,
     ];
 
     /// Index of the (reason, direction) counter in `NP_DROPS`.
@@ -48,6 +56,8 @@ impl DropReason {
             Self::Spoofed => "spoofed",
             Self::Fragment => "fragment",
             Self::NoConfig => "no_config",
+            Self::NoEndpoint => "no_endpoint",
+            Self::NotProgrammed => "not_programmed",
         }
     }
 }

@@ -23,6 +23,15 @@ pub fn record_first(packet: &Packet, now: u64) {
     let _ = NP_FRAGS.insert(&key_of(packet), &FragEntry { first_seen_ns: now }, 0);
 }
 
+/// Forgets the datagram of a first fragment that was dropped: its later fragments must not
+/// pass on the record of an earlier datagram that had the same IP id (ids repeat, and a raw
+/// socket chooses them).
+#[inline(never)]
+pub fn forget_first(packet: &Packet) {
+    // Nothing recorded is the common case.
+    let _ = NP_FRAGS.remove(&key_of(packet));
+}
+
 /// Whether a later fragment belongs to a datagram whose first fragment passed.
 #[inline(never)]
 pub fn first_passed(packet: &Packet, now: u64) -> bool {

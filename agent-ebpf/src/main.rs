@@ -46,7 +46,7 @@ mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
 
     use crate::{
-        endpoint::lookup_endpoint,
+        endpoint::{link_scoped_icmpv6, lookup_endpoint},
         parse::parse,
         verdict::{Hook, Verdict, decide, established, finish, load_config},
     };
@@ -90,8 +90,13 @@ mod programs {
             Ok(None) => return Verdict::PASS,
             Err(reason) => return Verdict::drop(reason, DIR_EGRESS, false),
         };
+        // Everything a pod sends must carry one of its own addresses: a forged source would
+        // take another pod's policy, or none, or pass as an allowed outside client.
         let Some(src) = lookup_endpoint(&packet.src) else {
-            return Verdict::PASS;
+            if link_scoped_icmpv6(&packet, &packet.src) {
+                return Verdict::PASS;
+            }
+            return Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false);
         };
         if src.ifindex != 0 && src.ifindex != ifindex(ctx) {
             return Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false);
@@ -124,8 +129,15 @@ mod programs {
             return Verdict::PASS;
         }
         // The destination's ingress, and a local source's egress after DNAT (the destination
-        // need not be selected for that).
-        let dst = lookup_endpoint(&packet.dst);
+        // need not be selected for that). A destination that is no known endpoint is a pod the
+        // agent has not programmed: isolated until it is.
+        let Some(dst) = lookup_endpoint(&packet.dst) else {
+            if link_scoped_icmpv6(&packet, &packet.dst) {
+                return Verdict::PASS;
+            }
+            return Verdict::drop(DropReason::NoEndpoint, DIR_INGRESS, false);
+        };
+        let dst = Some(dst);
         if origin == Hook::FromNode {
             return decide(ctx, config, &packet, None, dst, Hook::FromNode);
         }

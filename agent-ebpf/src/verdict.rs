@@ -19,7 +19,9 @@ use agent_common::{
         CT_CLOSING, CT_EGRESS_ALLOWED, CT_EGRESS_DEFERRED, CT_INGRESS_ALLOWED, CT_SEEN_FROM_POD,
         CT_SEEN_TO_POD, CT_SEEN_TO_UPLINK, CtKey,
     },
-    endpoint::{Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
+    endpoint::{
+        Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED, FLAG_NOT_PROGRAMMED,
+    },
     events::{EVENT_AUDIT, PolicyEvent},
     metrics::DropReason,
     policy::{DIR_EGRESS, DIR_INGRESS},
@@ -31,7 +33,7 @@ use aya_ebpf::{
 
 use crate::{
     conntrack::{create, is_new_tcp_connection, lookup_live, now_ns, refresh},
-    fragments::{first_passed, record_first},
+    fragments::{first_passed, forget_first, record_first},
     ipcache::class_of,
     maps::NP_CONFIG,
     metrics::{count_drop, count_rule, send_event},
@@ -147,17 +149,42 @@ pub fn established(ctx: &TcContext, config: &Config, packet: &Packet, hook: Hook
             return false;
         }
         refresh(entry, packet.protocol, transport.tcp_flags, false, now);
+        passed_first_fragment(packet, now);
         count_rule(ctx, rule);
         return true;
     }
     key.reverse();
     if let Some(entry) = lookup_live(&key, packet.protocol, now, config) {
         refresh(entry, packet.protocol, transport.tcp_flags, true, now);
+        passed_first_fragment(packet, now);
         // SAFETY: see `conntrack::lookup_live`.
         count_rule(ctx, unsafe { (*entry).rule });
         return true;
     }
     false
+}
+
+/// A first fragment passed: its later fragments may follow it (whichever path passed it).
+#[inline(always)]
+fn passed_first_fragment(packet: &Packet, now: u64) {
+    if packet.fragment.first_of_many {
+        record_first(packet, now);
+    }
+}
+
+/// The drop of a new connection by `endpoint`'s side: `policy`, or `not_programmed` while the
+/// agent could not write the endpoint's policy. A first fragment takes its datagram's later
+/// fragments with it, whatever an earlier datagram with the same IP id left behind.
+#[inline(always)]
+fn side_drop(packet: &Packet, endpoint: Option<&Endpoint>, direction: u8) -> Verdict {
+    if packet.fragment.first_of_many {
+        forget_first(packet);
+    }
+    let reason = match endpoint {
+        Some(endpoint) if endpoint.flags & FLAG_NOT_PROGRAMMED != 0 => DropReason::NotProgrammed,
+        _ => DropReason::Policy,
+    };
+    Verdict::drop(reason, direction, audited(endpoint))
 }
 
 #[inline(always)]
@@ -227,6 +254,7 @@ pub fn decide(
     };
     if let Some(entry) = lookup_live(&key, packet.protocol, now, config) {
         refresh(entry, packet.protocol, transport.tcp_flags, true, now);
+        passed_first_fragment(packet, now);
         // SAFETY: see `conntrack::lookup_live`.
         count_rule(ctx, unsafe { (*entry).rule });
         return Verdict::PASS;
@@ -265,7 +293,7 @@ pub fn decide(
                     transport.policy_port,
                 ) {
                     NO_RULE => {
-                        let drop = egress_drop(DropReason::Policy);
+                        let drop = side_drop(packet, src, DIR_EGRESS);
                         if config.flags & CONFIG_EVENTS != 0 {
                             report(ctx, packet, &transport, src, drop);
                         }
@@ -292,7 +320,7 @@ pub fn decide(
             transport.policy_port,
         ) {
             NO_RULE => {
-                let drop = ingress_drop(DropReason::Policy);
+                let drop = side_drop(packet, dst, DIR_INGRESS);
                 if config.flags & CONFIG_EVENTS != 0 {
                     report(ctx, packet, &transport, dst, drop);
                 }
@@ -316,9 +344,7 @@ pub fn decide(
         }
         None => create(&key, decided, rule, transport.tcp_flags, now),
     }
-    if packet.fragment.first_of_many {
-        record_first(packet, now);
-    }
+    passed_first_fragment(packet, now);
     count_rule(ctx, rule);
     Verdict::PASS
 }

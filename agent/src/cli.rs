@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -256,6 +256,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
     let event_thread: Option<EventThread>;
     tracing::info!(backend = ?backend, reason, "backend chosen");
+    let backend_choice = backend;
     let backend: Box<dyn crate::backend::Backend + Send> = match backend {
         BackendChoice::Ebpf | BackendChoice::Auto => {
             ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
@@ -307,7 +308,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             };
             if let Err(error) = metrics::serve(listen, metrics, stop).await {
-                tracing::error!(%listen, %error, "the HTTP endpoint failed");
+                tracing::error!(%listen, error = %crate::error_chain(&error), "the HTTP endpoint failed");
             }
         })
     };
@@ -327,6 +328,12 @@ pub async fn run(config: RunConfig) -> Result<()> {
         backend,
         Arc::clone(&metrics),
     );
+    let pin_dir = config
+        .load
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(agent_common::PIN_DIR));
+    let runtime = runtime.with_handover(handover(backend_choice, pin_dir));
     let runtime = tokio::spawn(runtime.run(events_rx, interfaces_rx, shutdown_rx));
 
     wait_for_signal().await;
@@ -362,7 +369,7 @@ async fn wait_for_signal() {
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,
         Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            tracing::warn!(error = %crate::error_chain(&error), "cannot watch SIGTERM; stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -373,42 +380,89 @@ async fn wait_for_signal() {
     }
 }
 
-/// `netpol-agent cleanup`: detaches our programs from every interface and removes the pins.
+/// `netpol-agent cleanup`: detaches our programs from every interface and removes the pins,
+/// our iptables chains and our ipsets.
 pub fn cleanup(args: CleanupArgs) -> Result<()> {
+    let mut failures = remove_ebpf_state(&args.pin_dir)?;
+    if let Err(error) = remove_iptables_state() {
+        tracing::warn!(error = %crate::error_chain(&error), "removing iptables chains and ipsets failed");
+        failures += 1;
+    }
+    if failures > 0 {
+        bail!("{failures} removal(s) failed; see the log");
+    }
+    Ok(())
+}
+
+/// Detaches the eBPF backend's programs from every interface (both attach modes) and removes
+/// its pins; returns how many detach operations failed.
+fn remove_ebpf_state(pin_dir: &Path) -> Result<usize> {
     let interfaces = discovery::snapshot().context("listing interfaces")?;
-    let datapath_dir = args.pin_dir;
     let mut failures = 0;
     for link in interfaces.links() {
         for role in [InterfaceRole::Pod, InterfaceRole::Uplink] {
             for mode in [AttachMode::Netlink, AttachMode::Tcx] {
                 if let Err(error) =
-                    crate::backend::ebpf::detach_interface(&link.name, role, mode, &datapath_dir)
+                    crate::backend::ebpf::detach_interface(&link.name, role, mode, pin_dir)
                 {
-                    tracing::warn!(iface = %link.name, %error, "detaching failed");
+                    tracing::warn!(iface = %link.name, error = %crate::error_chain(&error), "detaching failed");
                     failures += 1;
                 }
             }
         }
     }
-    match std::fs::remove_dir_all(&datapath_dir) {
-        Ok(()) => tracing::info!(dir = %datapath_dir.display(), "removed pinned maps and links"),
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => tracing::info!(dir = %pin_dir.display(), "removed pinned maps and links"),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
-            return Err(error).with_context(|| format!("removing {}", datapath_dir.display()));
+            return Err(error).with_context(|| format!("removing {}", pin_dir.display()));
         }
     }
-    match crate::backend::iptables::cleanup() {
-        Ok(0) => {}
-        Ok(removed) => tracing::info!(removed, "removed our iptables chains, jumps and ipsets"),
-        Err(error) => {
-            tracing::warn!(%error, "removing iptables chains and ipsets failed");
-            failures += 1;
-        }
+    Ok(failures)
+}
+
+/// Removes the iptables backend's jumps, chains and ipsets; returns how many it removed.
+fn remove_iptables_state() -> Result<usize, crate::backend::iptables::IptablesError> {
+    let removed = crate::backend::iptables::cleanup()?;
+    if removed > 0 {
+        tracing::info!(removed, "removed our iptables chains, jumps and ipsets");
     }
-    if failures > 0 {
-        bail!("{failures} detach operation(s) failed; see the log");
+    Ok(removed)
+}
+
+/// What the starting backend removes of the other one once its own state is programmed: an
+/// agent moved from one backend to the other must not leave the old one enforcing an old
+/// policy underneath (no gap either: the old state goes only after the new one holds).
+fn handover(backend: BackendChoice, pin_dir: PathBuf) -> Box<dyn FnOnce() + Send> {
+    match backend {
+        BackendChoice::Iptables => Box::new(move || match pin_dir.try_exists() {
+            Ok(false) => {}
+            Ok(true) | Err(_) => match remove_ebpf_state(&pin_dir) {
+                Ok(0) => tracing::warn!(
+                    dir = %pin_dir.display(),
+                    "found the eBPF backend's programs and pins: removed them, the iptables backend enforces now"
+                ),
+                Ok(failures) => tracing::error!(
+                    failures,
+                    "removing the eBPF backend's programs failed in part: they may still drop traffic; run `netpol-agent cleanup` and restart"
+                ),
+                Err(error) => {
+                    tracing::error!(error = %crate::error_chain(error.as_ref()), "removing the eBPF backend's state failed")
+                }
+            },
+        }),
+        BackendChoice::Ebpf | BackendChoice::Auto => Box::new(|| match remove_iptables_state() {
+            Ok(0) => {}
+            Ok(removed) => tracing::warn!(
+                removed,
+                "found the iptables backend's chains and sets: removed them, the eBPF backend enforces now"
+            ),
+            Err(error) => tracing::error!(
+                error = %crate::error_chain(&error),
+                "removing the iptables backend's chains failed: they may still drop traffic; run `netpol-agent cleanup` and restart"
+            ),
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]

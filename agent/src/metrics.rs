@@ -52,6 +52,9 @@ struct Inner {
     source_problems: BTreeMap<&'static str, u64>,
     endpoints: u64,
     endpoints_without_interface: u64,
+    endpoints_not_enforced: BTreeMap<&'static str, u64>,
+    not_ready_reason: String,
+    switch_off_by_odd_value: u64,
     programming_errors: BTreeMap<&'static str, u64>,
     latency: Histogram,
     counters: Counters,
@@ -72,8 +75,25 @@ impl Metrics {
         Arc::new(Self::default())
     }
 
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+    /// Ready, or not ready with the reason `/readyz` gives.
+    pub fn set_readiness(&self, readiness: Result<(), String>) {
+        self.ready.store(readiness.is_ok(), Ordering::Relaxed);
+        self.with(|inner| inner.not_ready_reason = readiness.err().unwrap_or_default());
+    }
+
+    /// Why `/readyz` fails (empty when ready).
+    pub fn not_ready_reason(&self) -> String {
+        self.with(|inner| inner.not_ready_reason.clone())
+    }
+
+    /// Selected local pods that are not enforced as their policies say, by reason.
+    pub fn set_endpoints_not_enforced(&self, counts: BTreeMap<&'static str, u64>) {
+        self.with(|inner| inner.endpoints_not_enforced = counts);
+    }
+
+    /// `disable_network_policy` turned enforcement off with a value other than "true" or "1".
+    pub fn count_switch_off_by_odd_value(&self) {
+        self.with(|inner| inner.switch_off_by_odd_value += 1);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -169,7 +189,7 @@ impl Metrics {
         let ready = u8::from(self.is_ready());
         let enforcing = u8::from(self.is_enforcing());
         self.with(|inner| {
-            gauge(&mut out, "netpol_ready", "1 once the first full sync is programmed.");
+            gauge(&mut out, "netpol_ready", "1 while the node holds the desired state and every selected local pod is enforced.");
             let _ = writeln!(out, "netpol_ready {ready}");
             gauge(&mut out, "netpol_enforcement_enabled", "0 while disable_network_policy is set.");
             let _ = writeln!(out, "netpol_enforcement_enabled {enforcing}");
@@ -198,6 +218,13 @@ impl Metrics {
             }
             gauge(&mut out, "netpol_endpoints", "Local pods enforced on this node.");
             let _ = writeln!(out, "netpol_endpoints {}", inner.endpoints);
+            gauge(&mut out, "netpol_endpoints_not_enforced", "Selected local pods not enforced as their policies say, by reason (not_programmed pods are denied everything).");
+            for reason in ["no_interface", "not_attached", "not_programmed"] {
+                let count = inner.endpoints_not_enforced.get(reason).copied().unwrap_or(0);
+                let _ = writeln!(out, "netpol_endpoints_not_enforced{{reason=\"{reason}\"}} {count}");
+            }
+            counter(&mut out, "netpol_switch_off_by_odd_value_total", "Times disable_network_policy turned enforcement off with a value other than \"true\" or \"1\".");
+            let _ = writeln!(out, "netpol_switch_off_by_odd_value_total {}", inner.switch_off_by_odd_value);
             gauge(&mut out, "netpol_endpoints_without_interface", "Local pods whose host interface was not found.");
             let _ = writeln!(out, "netpol_endpoints_without_interface {}", inner.endpoints_without_interface);
 
@@ -317,7 +344,7 @@ pub async fn serve(
                 "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
                 "/readyz" => (
                     "503 Service Unavailable",
-                    "not ready: first sync not programmed\n".to_owned(),
+                    format!("not ready: {}\n", metrics.not_ready_reason()),
                 ),
                 "/metrics" => ("200 OK", metrics.render()),
                 _ => ("404 Not Found", "not found\n".to_owned()),

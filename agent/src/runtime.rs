@@ -2,10 +2,15 @@
 //! backend writes, and interface changes become attachments and endpoint interface updates.
 //!
 //! Nothing is programmed before every watched kind has been listed once (`InitDone`); then the
-//! first full state is converged (entries before removals, see [`Backend::converge`]), the
-//! programs are attached, and the agent reports ready. After that, each batch of events is one
-//! engine delta. Errors are counted and logged; a failed write makes the next pass converge
-//! the whole state again (never fail open: what is in the maps stays until replaced).
+//! first full state is converged (entries before removals, see [`Backend::converge`]) and the
+//! programs are attached. After that, each batch of events is one engine delta.
+//!
+//! Never fail open. A write that fails (a map full, a kernel error) leaves the node between
+//! two states, so the endpoints it concerns are written "not programmed" at once: isolated in
+//! both directions with nothing allowed, their drops counted as `not_programmed`. The runtime
+//! then converges the whole state again with backoff until it succeeds. The agent is ready
+//! only while the node holds the desired state and every selected local pod is enforced
+//! (programmed, on a known interface, with the programs attached there).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::addr::Addr;
+use agent_common::{
+    addr::Addr,
+    endpoint::{Endpoint, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
+};
 use k8s_openapi::api::core::v1::ConfigMap;
 use tokio::sync::{mpsc, watch};
 
@@ -26,7 +34,7 @@ use crate::{
     policy::{Delta, Direction, Engine},
     source::{
         ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectId, ObjectKind, SourceEvent,
-        enforcement_enabled,
+        disable_network_policy_value, enforcement_enabled, plainly_disables,
     },
 };
 
@@ -34,6 +42,9 @@ use crate::{
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often interfaces are re-read even without a netlink notification, and counters read.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// The first retry after a failed write, doubled per failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the runtime needs to know about the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,11 +89,23 @@ pub struct Runtime<B: Backend> {
     pod_interfaces: PodInterfaces,
     attached: BTreeSet<(String, InterfaceRole)>,
     warned_missing: BTreeSet<Addr>,
+    /// Endpoints written "not programmed" since the last failed write (cleared by a converge).
+    not_programmed: BTreeSet<Addr>,
+    /// The next attempt to converge after a failed write, and the delay after that one.
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+    /// The raw `disable_network_policy` value last seen (outer `None`: not read yet).
+    switch_value: Option<Option<String>>,
+    /// Run once, when the node first holds the desired state (removing another backend's).
+    handover: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<B: Backend> Runtime<B> {
     pub fn new(config: RuntimeConfig, backend: B, metrics: Arc<Metrics>) -> Self {
         metrics.set_backend(backend.name());
+        metrics.set_readiness(Err(
+            "waiting for the first list of every watched kind".to_owned()
+        ));
         Self {
             config,
             backend,
@@ -99,7 +122,18 @@ impl<B: Backend> Runtime<B> {
             pod_interfaces: PodInterfaces::new(),
             attached: BTreeSet::new(),
             warned_missing: BTreeSet::new(),
+            not_programmed: BTreeSet::new(),
+            retry_at: None,
+            retry_delay: RETRY_FIRST,
+            switch_value: None,
+            handover: None,
         }
+    }
+
+    /// Runs `handover` once the node first holds the desired state.
+    pub fn with_handover(mut self, handover: Box<dyn FnOnce() + Send>) -> Self {
+        self.handover = Some(handover);
+        self
     }
 
     pub fn backend(&self) -> &B {
@@ -121,7 +155,17 @@ impl<B: Backend> Runtime<B> {
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let retry_at = self.retry_at;
+            let retry = async move {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = retry => {
+                    self.reconcile();
+                }
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.handle(event);
@@ -238,9 +282,10 @@ impl<B: Backend> Runtime<B> {
             };
             self.refresh_pod_interfaces();
             if let Err(error) = self.backend.apply(&delta, &self.pod_interfaces) {
-                tracing::error!(%error, "applying a delta failed; converging the whole state next");
+                tracing::error!(error = %crate::error_chain(&error), "applying a delta failed; denying what it concerns and converging the whole state");
                 self.metrics.count_programming_error("apply");
                 self.in_sync = false;
+                self.fail_closed(Some(&delta));
             }
             self.reconcile_attachments();
         }
@@ -248,13 +293,127 @@ impl<B: Backend> Runtime<B> {
             if let Some(since) = since {
                 self.metrics.observe_latency(since.elapsed());
             }
-            if first {
-                self.metrics.set_ready();
-                tracing::info!("first full sync programmed: ready");
+            self.retry_at = None;
+            self.retry_delay = RETRY_FIRST;
+            if let Some(handover) = self.handover.take() {
+                handover();
             }
+        } else {
+            tracing::warn!(retry_in = ?self.retry_delay, "the node does not hold the desired state; retrying");
+            self.retry_at = Some(Instant::now() + self.retry_delay);
+            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
         }
+        self.update_readiness();
         self.publish_rules();
         self.publish_datapath();
+    }
+
+    /// Writes the endpoints a failed write concerns as "not programmed" (isolated both ways,
+    /// nothing allowed), so that no selected pod is ever open because of it: those of the
+    /// delta's endpoint entries and policy sets, or every selected endpoint when the failure
+    /// touched peer classes or was a full converge.
+    fn fail_closed(&mut self, delta: Option<&Delta>) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let isolating = FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED;
+        let everything = delta.is_none_or(|delta| {
+            !delta.ipcache_upserts.is_empty() || !delta.ipcache_removals.is_empty()
+        });
+        let sets: BTreeSet<u32> = delta
+            .iter()
+            .flat_map(|delta| {
+                delta
+                    .policy_upserts
+                    .keys()
+                    .chain(delta.policy_removals.iter())
+                    .map(|key| key.key.set_id())
+            })
+            .collect();
+        let affected: BTreeMap<Addr, Endpoint> = engine
+            .state()
+            .endpoints
+            .iter()
+            .filter(|(addr, endpoint)| {
+                endpoint.flags & isolating != 0
+                    && (everything
+                        || delta.is_some_and(|delta| delta.endpoint_upserts.contains_key(*addr))
+                        || sets.contains(&endpoint.ingress_set)
+                        || sets.contains(&endpoint.egress_set))
+            })
+            .map(|(addr, endpoint)| (*addr, *endpoint))
+            .collect();
+        if affected.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            endpoints = affected.len(),
+            "denying every new connection of the selected pods the failed write concerns until it succeeds"
+        );
+        let failed = self.backend.fail_closed(&affected, &self.pod_interfaces);
+        if let Err(error) = failed {
+            // What could not be written is no endpoint to the datapath: dropped as such.
+            tracing::error!(error = %crate::error_chain(&error), "writing endpoints as not programmed failed");
+            self.metrics.count_programming_error("fail_closed");
+        }
+        self.not_programmed.extend(affected.into_keys());
+    }
+
+    /// Ready while the node holds the desired state and every selected local pod is enforced;
+    /// the pods that are not are counted by reason.
+    fn update_readiness(&self) {
+        let mut not_enforced: BTreeMap<&'static str, u64> = BTreeMap::new();
+        if let Some(engine) = &self.engine {
+            let isolating = FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED;
+            for (addr, endpoint) in &engine.state().endpoints {
+                if endpoint.flags & isolating == 0 {
+                    continue;
+                }
+                let link = addr.to_ip().and_then(|ip| {
+                    self.interfaces
+                        .as_ref()
+                        .and_then(|interfaces| interfaces.pod_interface(ip))
+                });
+                let reason = if self.not_programmed.contains(addr) {
+                    "not_programmed"
+                } else if let Some(link) = link {
+                    if self
+                        .attached
+                        .contains(&(link.name.clone(), InterfaceRole::Pod))
+                    {
+                        continue;
+                    }
+                    "not_attached"
+                } else {
+                    "no_interface"
+                };
+                *not_enforced.entry(reason).or_default() += 1;
+            }
+        }
+        let readiness = if self.engine.is_none() {
+            Err("waiting for the first list of every watched kind".to_owned())
+        } else if !self.in_sync {
+            Err("the node does not hold the desired state (a write failed; retrying)".to_owned())
+        } else if !not_enforced.is_empty() {
+            let reasons: Vec<String> = not_enforced
+                .iter()
+                .map(|(reason, count)| format!("{count} {reason}"))
+                .collect();
+            Err(format!(
+                "selected local pods not enforced: {}",
+                reasons.join(", ")
+            ))
+        } else {
+            Ok(())
+        };
+        if readiness.is_ok() != self.metrics.is_ready() {
+            match &readiness {
+                Ok(()) => tracing::info!("every selected local pod is enforced: ready"),
+                Err(reason) => tracing::warn!(reason, "not ready"),
+            }
+        }
+        self.metrics.set_endpoints_not_enforced(not_enforced);
+        self.metrics.set_readiness(readiness);
     }
 
     /// Converts every known object and converges the backend to the engine's full state.
@@ -286,6 +445,7 @@ impl<B: Backend> Runtime<B> {
         match result {
             Ok(()) => {
                 self.in_sync = true;
+                self.not_programmed.clear();
                 tracing::info!(
                     endpoints = state.endpoints.len(),
                     prefixes = state.ipcache.len(),
@@ -294,9 +454,10 @@ impl<B: Backend> Runtime<B> {
                 );
             }
             Err(error) => {
-                tracing::error!(%error, "converging the full state failed; retrying on the next event or resync");
+                tracing::error!(error = %crate::error_chain(&error), "converging the full state failed; denying the selected pods' new connections until it succeeds");
                 self.metrics.count_programming_error("converge");
                 self.in_sync = false;
+                self.fail_closed(None);
             }
         }
         self.reconcile_attachments();
@@ -364,6 +525,25 @@ impl<B: Backend> Runtime<B> {
             _ => None,
         };
         let enforce = enforcement_enabled(eni_config);
+        let value = disable_network_policy_value(eni_config).map(str::to_owned);
+        if self.switch_value.as_ref() != Some(&value) {
+            tracing::info!(
+                value = value.as_deref().unwrap_or("<absent>"),
+                enforce,
+                "kube-system/eni-config disable_network_policy read"
+            );
+            if let Some(odd) = value
+                .as_deref()
+                .filter(|value| !enforce && !plainly_disables(value))
+            {
+                tracing::warn!(
+                    value = odd,
+                    "disable_network_policy = {odd:?} turns enforcement OFF: Terway keeps policies on only for an absent key, \"\", \"false\" and \"0\""
+                );
+                self.metrics.count_switch_off_by_odd_value();
+            }
+            self.switch_value = Some(value);
+        }
         if self.enforcing == Some(enforce) {
             return;
         }
@@ -382,7 +562,7 @@ impl<B: Backend> Runtime<B> {
                 self.metrics.set_enforcing(enforce);
             }
             Err(error) => {
-                tracing::error!(%error, "switching enforcement failed");
+                tracing::error!(error = %crate::error_chain(&error), "switching enforcement failed");
                 self.metrics.count_programming_error("switch");
             }
         }
@@ -395,7 +575,7 @@ impl<B: Backend> Runtime<B> {
                 None => interfaces,
             }),
             Err(error) => {
-                tracing::warn!(%error, "reading interfaces failed; keeping the last view");
+                tracing::warn!(error = %crate::error_chain(&error), "reading interfaces failed; keeping the last view");
                 self.metrics.count_programming_error("discover");
                 self.interfaces.clone()
             }
@@ -460,12 +640,16 @@ impl<B: Backend> Runtime<B> {
                 ..Delta::default()
             };
             if let Err(error) = self.backend.apply(&delta, &self.pod_interfaces) {
-                tracing::error!(%error, "updating endpoint interfaces failed");
+                tracing::error!(error = %crate::error_chain(&error), "updating endpoint interfaces failed");
                 self.metrics.count_programming_error("apply");
                 self.in_sync = false;
+                self.fail_closed(Some(&delta));
+                self.retry_at
+                    .get_or_insert_with(|| Instant::now() + self.retry_delay);
             }
         }
         self.reconcile_attachments();
+        self.update_readiness();
     }
 
     /// Attaches to every local pod interface and uplink, detaches from the rest of ours.
@@ -501,7 +685,7 @@ impl<B: Backend> Runtime<B> {
                     self.attached.insert((iface.clone(), *role));
                 }
                 Err(error) => {
-                    tracing::warn!(iface, ?role, %error, "attaching failed; retrying on the next resync");
+                    tracing::warn!(iface, ?role, error = %crate::error_chain(&error), "attaching failed; retrying on the next resync");
                     self.metrics.count_programming_error("attach");
                 }
             }
@@ -512,15 +696,32 @@ impl<B: Backend> Runtime<B> {
             .cloned()
             .collect::<Vec<_>>()
         {
+            let gone = self
+                .interfaces
+                .as_ref()
+                .is_some_and(|interfaces| interfaces.link_by_name(&iface).is_none());
             match self.backend.detach(&iface, role) {
                 Ok(()) => {
                     tracing::info!(iface, ?role, "detached");
                     self.attached.remove(&(iface, role));
                 }
+                // The interface took our programs with it: nothing is left to retry.
+                Err(_) if gone => {
+                    tracing::info!(iface, ?role, "interface gone; forgotten");
+                    self.attached.remove(&(iface, role));
+                }
                 Err(error) => {
-                    tracing::warn!(iface, ?role, %error, "detaching failed");
+                    tracing::warn!(iface, ?role, error = %crate::error_chain(&error), "detaching failed");
                     self.metrics.count_programming_error("detach");
                 }
+            }
+        }
+        match self.backend.remove_orphans() {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed pins of interfaces that are gone"),
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "removing pins of vanished interfaces failed");
+                self.metrics.count_programming_error("remove_orphans");
             }
         }
     }
@@ -568,7 +769,7 @@ impl<B: Backend> Runtime<B> {
         match (self.backend.counters(), self.backend.usage()) {
             (Ok(counters), Ok(usage)) => self.metrics.set_datapath(counters, usage),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::debug!(%error, "reading datapath counters failed");
+                tracing::debug!(error = %crate::error_chain(&error), "reading datapath counters failed");
             }
         }
     }
@@ -598,5 +799,139 @@ fn kind_label(kind: model::Kind) -> &'static str {
         model::Kind::Namespace => "namespace",
         model::Kind::Pod => "pod",
         model::Kind::NetworkPolicy => "networkpolicy",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{
+        core::v1::{Namespace, Pod},
+        networking::v1::NetworkPolicy,
+    };
+    use serde_json::json;
+
+    use super::*;
+    use crate::backend::fake::FakeBackend;
+
+    const NODE: &str = "node-1";
+
+    fn runtime() -> Runtime<FakeBackend> {
+        let config = RuntimeConfig {
+            node_name: NODE.to_owned(),
+            uplinks: Some(Vec::new()),
+            service_ranges: Vec::new(),
+            kinds: BTreeSet::from([
+                ObjectKind::Namespace,
+                ObjectKind::Pod,
+                ObjectKind::NetworkPolicy,
+            ]),
+        };
+        Runtime::new(config, FakeBackend::default(), Metrics::new())
+    }
+
+    fn namespace() -> ClusterObject {
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("namespace");
+        ClusterObject::Namespace(Box::new(namespace))
+    }
+
+    fn pod(name: &str, ip: &str) -> ClusterObject {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        }))
+        .expect("pod");
+        ClusterObject::Pod(Box::new(pod))
+    }
+
+    fn deny_all_ingress() -> ClusterObject {
+        let policy: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "deny-all", "namespace": "default"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }))
+        .expect("policy");
+        ClusterObject::NetworkPolicy(Box::new(policy))
+    }
+
+    /// Lists every kind once: namespace `default` and `pods`.
+    fn initial_events(pods: Vec<ClusterObject>) -> Vec<SourceEvent> {
+        let mut events = Vec::new();
+        for (kind, objects) in [
+            (ObjectKind::Namespace, vec![namespace()]),
+            (ObjectKind::Pod, pods),
+            (ObjectKind::NetworkPolicy, Vec::new()),
+        ] {
+            events.push(SourceEvent::Init(kind));
+            events.extend(objects.into_iter().map(SourceEvent::Apply));
+            events.push(SourceEvent::InitDone(kind));
+        }
+        events
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_denies_the_pods_it_concerns_and_is_retried_without_another_event() {
+        let mut runtime = runtime();
+        for event in initial_events(vec![pod("a", "10.244.1.10"), pod("b", "10.244.1.11")]) {
+            runtime.handle(event);
+        }
+        runtime.reconcile();
+        assert!(runtime.in_sync, "the first sync holds");
+
+        // The next write fails (a map full, a kernel error): the policy that isolates both pods
+        // must not leave them open while the agent waits for a cluster event that may never come.
+        runtime.backend.failures = 1;
+        runtime.handle(SourceEvent::Apply(deny_all_ingress()));
+        runtime.reconcile();
+        let a = Addr::from("10.244.1.10".parse::<IpAddr>().expect("address"));
+        assert!(!runtime.in_sync);
+        assert!(
+            runtime.backend.not_programmed.contains(&a),
+            "the pods the failed write concerns are denied"
+        );
+        let endpoint = runtime.backend.state.endpoints[&a];
+        assert_eq!(
+            endpoint.flags & agent_common::endpoint::FLAG_NOT_PROGRAMMED,
+            agent_common::endpoint::FLAG_NOT_PROGRAMMED
+        );
+        assert!(
+            !runtime.metrics.is_ready(),
+            "not ready while a write failed"
+        );
+
+        // Nothing else happens in the cluster: the retry alone converges the node.
+        let (_events_tx, events) = mpsc::channel(1);
+        let (_interfaces_tx, interfaces) = watch::channel(());
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let running = tokio::spawn(runtime.run(events, interfaces, shutdown));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        shutdown_tx.send_replace(true);
+        let runtime = running.await.expect("the runtime stops");
+        assert!(runtime.in_sync, "a retry converged the node");
+        assert!(runtime.backend.not_programmed.is_empty());
+        let engine = runtime.engine.as_ref().expect("engine");
+        assert_eq!(
+            &runtime.backend.state,
+            engine.state(),
+            "the node holds the desired state"
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_truth_after_a_failed_first_converge() {
+        let mut runtime = runtime();
+        runtime.backend.failures = 1;
+        for event in initial_events(vec![pod("a", "10.244.1.10")]) {
+            runtime.handle(event);
+        }
+        runtime.reconcile();
+        assert!(!runtime.metrics.is_ready(), "the first converge failed");
+        runtime.reconcile();
+        assert!(runtime.in_sync);
+        assert!(
+            runtime.metrics.is_ready(),
+            "ready once a later converge succeeds: {}",
+            runtime.metrics.not_ready_reason()
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Shared pieces of the integration suites.
 //!
 //! - [`packet`]: crafted frames for BPF_PROG_TEST_RUN.
+//! - [`raw`]: forged packets through raw sockets from a pod, and a counter of what arrives.
 //! - [`netns`]: a simulated node with pods as network namespaces, for real traffic.
 //! - [`agent`]: the real `netpol-agent` binary run inside a simulated node.
 //! - [`clusters`]: seeded random clusters and flows for the differential suites.
@@ -16,6 +17,7 @@ pub mod clusters;
 pub mod netns;
 pub mod objects;
 pub mod packet;
+pub mod raw;
 pub mod reference;
 pub mod scenarios;
 

@@ -1,8 +1,8 @@
 //! An in-memory [`Backend`] that records what it was told, for tests of the runtime.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use agent_common::addr::Addr;
+use agent_common::{addr::Addr, endpoint::Endpoint};
 
 use crate::{
     backend::{Backend, BackendError, Counters, InterfaceRole, MapUsage, PodInterfaces},
@@ -19,6 +19,20 @@ pub struct FakeBackend {
     pub attached: BTreeSet<(String, InterfaceRole)>,
     /// Number of `converge` calls.
     pub converged: usize,
+    /// The next this many `converge` and `apply` calls fail without writing anything.
+    pub failures: usize,
+    /// Endpoints written "not programmed" (cleared by a converge).
+    pub not_programmed: BTreeSet<Addr>,
+}
+
+impl FakeBackend {
+    fn injected_failure(&mut self) -> Result<(), BackendError> {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(BackendError::Injected);
+        }
+        Ok(())
+    }
 }
 
 impl Backend for FakeBackend {
@@ -27,6 +41,8 @@ impl Backend for FakeBackend {
     }
 
     fn converge(&mut self, state: &NodeState, pods: &PodInterfaces) -> Result<(), BackendError> {
+        self.injected_failure()?;
+        self.not_programmed.clear();
         self.state = state.clone();
         self.pods = pods.clone();
         self.converged += 1;
@@ -34,8 +50,23 @@ impl Backend for FakeBackend {
     }
 
     fn apply(&mut self, delta: &Delta, pods: &PodInterfaces) -> Result<(), BackendError> {
+        self.injected_failure()?;
         self.state.apply(delta);
         self.pods = pods.clone();
+        Ok(())
+    }
+
+    fn fail_closed(
+        &mut self,
+        endpoints: &BTreeMap<Addr, Endpoint>,
+        _pods: &PodInterfaces,
+    ) -> Result<(), BackendError> {
+        for (addr, endpoint) in endpoints {
+            self.state
+                .endpoints
+                .insert(*addr, crate::backend::not_programmed(endpoint));
+            self.not_programmed.insert(*addr);
+        }
         Ok(())
     }
 
@@ -57,6 +88,10 @@ impl Backend for FakeBackend {
     fn detach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
         self.attached.remove(&(iface.to_owned(), role));
         Ok(())
+    }
+
+    fn remove_orphans(&mut self) -> Result<usize, BackendError> {
+        Ok(0)
     }
 
     fn counters(&self) -> Result<Counters, BackendError> {

@@ -8,7 +8,11 @@ pub mod iptables;
 
 use std::collections::BTreeMap;
 
-use agent_common::addr::Addr;
+use agent_common::{
+    addr::Addr,
+    endpoint::{Endpoint, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED, FLAG_NOT_PROGRAMMED},
+    policy::SET_EMPTY,
+};
 
 use crate::policy::{Delta, NodeState};
 
@@ -32,6 +36,9 @@ pub enum BackendError {
     Ebpf(#[from] ebpf::EbpfError),
     #[error(transparent)]
     Iptables(#[from] iptables::IptablesError),
+    /// A failure the in-memory [`fake`] backend was told to produce.
+    #[error("injected write failure")]
+    Injected,
 }
 
 /// Packet and byte counts.
@@ -71,6 +78,15 @@ pub trait Backend {
     /// Applies an engine delta in its safe order.
     fn apply(&mut self, delta: &Delta, pods: &PodInterfaces) -> Result<(), BackendError>;
 
+    /// Writes `endpoints` "not programmed": isolated in both directions with nothing allowed
+    /// (never audit), so that a write that failed half-way opens nothing. The next successful
+    /// [`Backend::converge`] writes them as the state says.
+    fn fail_closed(
+        &mut self,
+        endpoints: &BTreeMap<Addr, Endpoint>,
+        pods: &PodInterfaces,
+    ) -> Result<(), BackendError>;
+
     /// Sets the Service address ranges whose egress is decided after DNAT.
     fn set_service_ranges(&mut self, ranges: &[(Addr, u8)]) -> Result<(), BackendError>;
 
@@ -83,9 +99,22 @@ pub trait Backend {
     /// Removes ours from `iface`; others' filters are never touched.
     fn detach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError>;
 
+    /// Forgets what belonged to interfaces that are gone (pinned links); returns how many.
+    fn remove_orphans(&mut self) -> Result<usize, BackendError>;
+
     /// What the datapath counted so far.
     fn counters(&self) -> Result<Counters, BackendError>;
 
     /// Entries per map against capacity.
     fn usage(&self) -> Result<Vec<MapUsage>, BackendError>;
+}
+
+/// What a "not programmed" endpoint holds: its id, isolated both ways, the empty set.
+pub fn not_programmed(endpoint: &Endpoint) -> Endpoint {
+    Endpoint {
+        flags: FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED | FLAG_NOT_PROGRAMMED,
+        ingress_set: SET_EMPTY,
+        egress_set: SET_EMPTY,
+        ..*endpoint
+    }
 }

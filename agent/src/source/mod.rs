@@ -104,13 +104,24 @@ pub const DISABLE_NETWORK_POLICY_KEY: &str = "disable_network_policy";
 /// Terway's meaning of `disable_network_policy`: enforcement stays on when the ConfigMap or
 /// the key is absent, or the value is empty, "false" or "0"; any other value turns it off.
 pub fn enforcement_enabled(eni_config: Option<&ConfigMap>) -> bool {
-    let value = eni_config
-        .and_then(|config| config.data.as_ref())
-        .and_then(|data| data.get(DISABLE_NETWORK_POLICY_KEY));
-    match value.map(|value| value.trim()) {
+    match disable_network_policy_value(eni_config).map(str::trim) {
         None | Some("" | "false" | "0") => true,
         Some(_) => false,
     }
+}
+
+/// The raw `disable_network_policy` value, as the operator typed it (`None` when absent).
+pub fn disable_network_policy_value(eni_config: Option<&ConfigMap>) -> Option<&str> {
+    eni_config
+        .and_then(|config| config.data.as_ref())
+        .and_then(|data| data.get(DISABLE_NETWORK_POLICY_KEY))
+        .map(String::as_str)
+}
+
+/// Whether a value that turns enforcement off is one that plainly says so ("true", "1"):
+/// anything else ("False", "no", "off") is read as Terway reads it, but deserves a warning.
+pub fn plainly_disables(value: &str) -> bool {
+    matches!(value.trim(), "true" | "1")
 }
 
 #[cfg(test)]

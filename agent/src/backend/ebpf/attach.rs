@@ -101,13 +101,13 @@ pub(super) fn attach(
         }
         AttachMode::Tcx => {
             let pin = links_dir.join(link_pin_name(iface, hook)?);
-            let link_id = match PinnedLink::from_pin(&pin) {
-                Ok(pinned) => {
-                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                        .map_err(|source| link_error(iface, hook, source))?;
-                    program.attach_to_link(link).map_err(attach_error)?
-                }
-                Err(_) => program
+            let updated = match PinnedLink::from_pin(&pin) {
+                Ok(pinned) => update_pinned_link(program, pinned, iface, hook, &pin)?,
+                Err(_) => None,
+            };
+            let link_id = match updated {
+                Some(link_id) => link_id,
+                None => program
                     .attach_with_options(
                         iface,
                         hook.attach_type,
@@ -133,7 +133,79 @@ pub(super) fn attach(
     Ok(())
 }
 
-/// Removes our program from `hook` of `iface`; nothing to do if it is not there.
+/// Puts `program` into the pinned tcx link `pinned` (ours from an earlier agent). A link whose
+/// interface is gone (the ifindex now belongs to a new interface, after a pod's network
+/// namespace was rebuilt) cannot be updated: its pin is removed and `None` says "attach anew".
+fn update_pinned_link(
+    program: &mut SchedClassifier,
+    pinned: PinnedLink,
+    iface: &str,
+    hook: Hook,
+    pin: &Path,
+) -> Result<Option<aya::programs::tc::SchedClassifierLinkId>, EbpfError> {
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+        .map_err(|source| link_error(iface, hook, source))?;
+    match program.attach_to_link(link) {
+        Ok(link_id) => Ok(Some(link_id)),
+        Err(error) => {
+            tracing::info!(
+                iface,
+                program = hook.program,
+                pin = %pin.display(),
+                error = %crate::error_chain(&error),
+                "the pinned tcx link is stale (its interface is gone); replacing it"
+            );
+            remove_pin(pin)?;
+            Ok(None)
+        }
+    }
+}
+
+fn remove_pin(pin: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EbpfError::Pin {
+            path: pin.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Removes the pins of tcx links whose interface index no interface has now (their interfaces
+/// are gone, and the links with them); returns how many. Only names of the form
+/// `<ifindex>_<program>` are considered.
+pub(super) fn remove_orphaned_pins(links_dir: &Path) -> Result<usize, EbpfError> {
+    let entries = match std::fs::read_dir(links_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(EbpfError::Pin {
+                path: links_dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(index) = name
+            .to_str()
+            .and_then(|name| name.split_once('_'))
+            .and_then(|(index, _)| index.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !interface_exists(index) {
+            remove_pin(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes our program from `hook` of `iface`; nothing to do if it is not there (or the
+/// interface is gone, which took the program with it).
 pub(super) fn detach(
     iface: &str,
     hook: Hook,
@@ -165,7 +237,12 @@ pub(super) fn detach(
             }
         }
         AttachMode::Tcx => {
-            let pin = links_dir.join(link_pin_name(iface, hook)?);
+            let pin = match link_pin_name(iface, hook) {
+                Ok(name) => links_dir.join(name),
+                // Its pin, if any, is an orphan: `remove_orphaned_pins` takes it.
+                Err(EbpfError::NoInterface { .. }) => return Ok(()),
+                Err(error) => return Err(error),
+            };
             match PinnedLink::from_pin(&pin) {
                 // Unpinning and dropping the last reference detaches the link.
                 Ok(pinned) => pinned
@@ -201,6 +278,13 @@ fn nix_ifindex(iface: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// Asked of the kernel now, not of a snapshot: an interface created since must keep its pin.
+fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
+}
+
 fn is_exists(error: &aya::programs::ProgramError) -> bool {
     error_code(error) == Some(libc::EEXIST)
 }
@@ -215,6 +299,7 @@ fn is_missing(error: &aya::programs::ProgramError) -> bool {
 /// The errno inside a netlink or I/O error of a tc operation.
 fn error_code(error: &aya::programs::ProgramError) -> Option<i32> {
     match error {
+        aya::programs::ProgramError::NetlinkError(error) => error.raw_os_error(),
         aya::programs::ProgramError::TcError(TcError::NetlinkError(error)) => error.raw_os_error(),
         aya::programs::ProgramError::TcError(TcError::IoError(error)) => error.raw_os_error(),
         aya::programs::ProgramError::SyscallError(error) => error.io_error.raw_os_error(),

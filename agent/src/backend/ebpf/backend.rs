@@ -5,7 +5,7 @@
 //! and only then removes what is stale: so entries of a previous agent and of this one never
 //! share an id while both are present, and a restart never opens a hole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
     addr::Addr,
@@ -190,7 +190,20 @@ impl Backend for EbpfBackend {
     }
 
     fn converge(&mut self, state: &NodeState, pods: &PodInterfaces) -> Result<(), BackendError> {
-        Ok(self.converge_maps(state, pods)?)
+        let generation = self.generation;
+        let result = self.converge_maps(state, pods);
+        if result.is_err() && self.generation != generation {
+            // The switch never happened: the endpoints still use `generation`. The next
+            // converge must clear the half-written other one, not the one in use.
+            let recorded = self
+                .datapath
+                .config()
+                .map(|config| config.generation & GENERATION_BIT);
+            if recorded.ok() != Some(self.generation) {
+                self.generation = generation;
+            }
+        }
+        Ok(result?)
     }
 
     fn apply(&mut self, delta: &Delta, pods: &PodInterfaces) -> Result<(), BackendError> {
@@ -198,6 +211,29 @@ impl Backend for EbpfBackend {
             self.write(op, pods)?;
         }
         Ok(())
+    }
+
+    fn fail_closed(
+        &mut self,
+        endpoints: &BTreeMap<Addr, Endpoint>,
+        pods: &PodInterfaces,
+    ) -> Result<(), BackendError> {
+        // Each one on its own: an endpoint that cannot be written (its map full) is no
+        // endpoint to the programs, and dropped as such on its interface.
+        let mut first_error = None;
+        for (addr, endpoint) in endpoints {
+            let written = Endpoint {
+                ifindex: pods.get(addr).copied().unwrap_or(0),
+                ..crate::backend::not_programmed(endpoint)
+            };
+            if let Err(error) = self.datapath.insert_endpoint(*addr, written) {
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 
     fn set_service_ranges(&mut self, ranges: &[(Addr, u8)]) -> Result<(), BackendError> {
@@ -232,6 +268,10 @@ impl Backend for EbpfBackend {
 
     fn detach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
         Ok(self.datapath.detach(iface, role)?)
+    }
+
+    fn remove_orphans(&mut self) -> Result<usize, BackendError> {
+        Ok(self.datapath.remove_orphaned_links()?)
     }
 
     fn counters(&self) -> Result<Counters, BackendError> {

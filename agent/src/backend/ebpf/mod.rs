@@ -317,6 +317,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes pinned tcx links of interfaces that no longer exist; returns how many.
+    pub fn remove_orphaned_links(&self) -> Result<usize, EbpfError> {
+        attach::remove_orphaned_pins(&self.links_dir())
+    }
+
     pub fn attach_mode(&self) -> AttachMode {
         self.attach_mode
     }

@@ -22,7 +22,7 @@ pub mod tools;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agent_common::{addr::Addr, metrics::DropReason};
+use agent_common::{addr::Addr, endpoint::Endpoint, metrics::DropReason};
 
 use self::{
     render::{Family, Ruleset, SET_PREFIX, Table, cidr},
@@ -193,7 +193,7 @@ impl IptablesBackend {
         if !batch.is_empty()
             && let Err(error) = run("ipset", &["restore"], Some(&batch))
         {
-            tracing::warn!(%error, "removing stale ipsets failed; retried on the next full sync");
+            tracing::warn!(error = %crate::error_chain(&error), "removing stale ipsets failed; retried on the next full sync");
         }
         Ok(())
     }
@@ -307,6 +307,20 @@ impl Backend for IptablesBackend {
         Ok(self.sync(full)?)
     }
 
+    fn fail_closed(
+        &mut self,
+        endpoints: &BTreeMap<Addr, Endpoint>,
+        _pods: &PodInterfaces,
+    ) -> Result<(), BackendError> {
+        // Their dispatch rules then jump to the empty set's chains, which drop everything new.
+        for (addr, endpoint) in endpoints {
+            self.state
+                .endpoints
+                .insert(*addr, crate::backend::not_programmed(endpoint));
+        }
+        Ok(self.sync(true)?)
+    }
+
     fn set_service_ranges(&mut self, ranges: &[(Addr, u8)]) -> Result<(), BackendError> {
         self.service_ranges = ranges.to_vec();
         if self.written.is_some() {
@@ -334,6 +348,11 @@ impl Backend for IptablesBackend {
     fn detach(&mut self, iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
         self.pods.remove(iface);
         Ok(())
+    }
+
+    fn remove_orphans(&mut self) -> Result<usize, BackendError> {
+        // Rules match addresses, not interfaces: nothing outlives an interface.
+        Ok(0)
     }
 
     fn counters(&self) -> Result<Counters, BackendError> {
@@ -477,12 +496,24 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).set_enforcement(enforce)
     }
 
+    fn fail_closed(
+        &mut self,
+        endpoints: &BTreeMap<Addr, Endpoint>,
+        pods: &PodInterfaces,
+    ) -> Result<(), BackendError> {
+        (**self).fail_closed(endpoints, pods)
+    }
+
     fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
         (**self).attach(iface, role)
     }
 
     fn detach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
         (**self).detach(iface, role)
+    }
+
+    fn remove_orphans(&mut self) -> Result<usize, BackendError> {
+        (**self).remove_orphans()
     }
 
     fn counters(&self) -> Result<Counters, BackendError> {

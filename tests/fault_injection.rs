@@ -1,0 +1,623 @@
+//! Faults and hostile pods, with real traffic between network namespaces and the real agent
+//! binary (issue "Fail closed under faults"): maps too small for the state, stale pins after a
+//! pod network rebuild, a backend switch, forged sources, fragment trains, the switch's odd
+//! values and `cleanup`'s exit status. Each test names the fault; every one of them let
+//! denied traffic through (or mis-reported) before the fix it guards.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use netpol_tests::{
+    agent::{Agent, AgentOptions, http_get},
+    netns::{Server, SimulatedNode},
+    objects::{STEP_TIMEOUT, metric, within},
+    raw, require_root,
+    scenarios::write_atomically,
+};
+
+const NODE: &str = "node-1";
+/// An outside client that ipBlock policies below allow (a documentation address in `ext`).
+const ALLOWED_CLIENT: &str = "203.0.113.10";
+const QUICK: Duration = Duration::from_millis(300);
+/// The agent reads the datapath's counters every 5 s.
+const COUNTERS_TIMEOUT: Duration = Duration::from_secs(12);
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+/// A simulated node with pods (IPv4 unless the address says otherwise), each serving TCP and
+/// UDP on port 80, and an objects directory describing them.
+struct Fixture {
+    node: SimulatedNode,
+    objects: PathBuf,
+    _servers: Vec<Server>,
+}
+
+impl Fixture {
+    fn new(test: &str, pods: &[&str]) -> Self {
+        let mut node = SimulatedNode::new("10.244.1.0/24", &[ALLOWED_CLIENT]);
+        let mut servers = Vec::new();
+        for address in pods {
+            let index = if address.contains(':') {
+                node.add_pod_v6(address)
+            } else {
+                node.add_pod(address)
+            };
+            if !address.contains(':') {
+                servers.push(node.pods[index].netns.serve(80, "hello"));
+            }
+        }
+        let objects =
+            std::env::temp_dir().join(format!("netpol-fault-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&objects);
+        std::fs::create_dir_all(&objects).expect("objects dir");
+        let fixture = Self {
+            node,
+            objects,
+            _servers: servers,
+        };
+        fixture.write(
+            "namespace.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n",
+        );
+        fixture
+    }
+
+    fn write(&self, name: &str, content: &str) {
+        write_atomically(&self.objects.join(name), content).expect("write object file");
+    }
+
+    /// Pod object `name` for pod `index`, labelled `role`.
+    fn write_pod(&self, index: usize, name: &str, role: &str) {
+        let address = self.node.pods[index].ip;
+        self.write(
+            &format!("pod-{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    role: {role}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: main\n    image: busybox\nstatus:\n  phase: Running\n  podIP: {address}\n  podIPs:\n  - ip: {address}\n"
+            ),
+        );
+    }
+
+    fn start(&self, extra: &[&str], pin_dir: Option<PathBuf>) -> Agent {
+        Agent::start(
+            &self.node.node,
+            AgentOptions {
+                node_name: NODE.to_owned(),
+                source: vec![
+                    "--objects-dir".to_owned(),
+                    self.objects.display().to_string(),
+                ],
+                extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
+                pin_dir,
+            },
+        )
+        .expect("the agent starts")
+    }
+
+    /// `/readyz`'s status and body; status 0 while the agent does not listen yet.
+    fn ready(&self) -> (u16, String) {
+        self.node
+            .node
+            .run(|| http_get("/readyz"))
+            .unwrap_or_else(|error| (0, error.to_string()))
+    }
+
+    fn probe(&self, from: usize, to: usize) -> bool {
+        let dst = self.node.pods[to].ip;
+        self.node.pods[from].netns.tcp_probe_within(dst, 80, QUICK)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.objects);
+    }
+}
+
+/// Ingress of pods labelled `role=target` allows only `from` (YAML peers) on `ports`.
+fn target_ingress(name: &str, from: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: target\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n{from}    ports:\n{ports}"
+    )
+}
+
+const DENY_ALL_TARGETS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: target\n  policyTypes: [Ingress]\n";
+
+/// Polls until `denied` holds for every probe, then checks it stays so.
+fn assert_denied(fixture: &Fixture, from: usize, targets: &[usize], what: &str) {
+    let all_denied = || targets.iter().all(|to| !fixture.probe(from, *to));
+    assert!(
+        within(STEP_TIMEOUT, all_denied).is_some(),
+        "{what}: a target stayed reachable"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for to in targets {
+        assert!(
+            !fixture.probe(from, *to),
+            "{what}: pod {to} reachable again"
+        );
+    }
+}
+
+#[test]
+fn pods_that_do_not_fit_the_endpoint_map_are_denied_and_the_agent_is_not_ready() {
+    if !require_root("pods_that_do_not_fit_the_endpoint_map_are_denied_and_the_agent_is_not_ready")
+    {
+        return;
+    }
+    let addresses = [
+        "10.244.1.2",
+        "10.244.1.10",
+        "10.244.1.11",
+        "10.244.1.12",
+        "10.244.1.13",
+        "10.244.1.14",
+        "10.244.1.15",
+    ];
+    let fixture = Fixture::new("endpoints-full", &addresses);
+    fixture.write_pod(0, "client", "client");
+    fixture.write_pod(1, "target-1", "target");
+    fixture.write_pod(2, "target-2", "target");
+    fixture.write("policy.yaml", DENY_ALL_TARGETS);
+    let _agent = fixture.start(&["--max-endpoints", "5"], None);
+    assert_denied(&fixture, 0, &[1, 2], "before growing");
+
+    // Four more selected pods: two of them cannot have an endpoint entry.
+    for index in 3..=6 {
+        fixture.write_pod(index, &format!("target-{index}"), "target");
+    }
+    assert_denied(
+        &fixture,
+        0,
+        &[1, 2, 3, 4, 5, 6],
+        "after growing past the map",
+    );
+    let from_outside = |to: usize| {
+        fixture
+            .node
+            .ext
+            .tcp_probe_from(ip(ALLOWED_CLIENT), fixture.node.pods[to].ip, 80)
+    };
+    assert!(
+        !(3..=6).any(from_outside),
+        "a pod that did not fit is reachable from outside"
+    );
+    let (status, body) = fixture.ready();
+    assert_eq!(status, 503, "not ready while pods are unenforced: {body}");
+    let metrics = _agent.metrics(&fixture.node.node).expect("metrics");
+    assert!(
+        metric(
+            &metrics,
+            "netpol_endpoints_not_enforced{reason=\"not_programmed\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_policy_too_large_for_its_maps_isolates_instead_of_never_taking_effect() {
+    if !require_root("a_policy_too_large_for_its_maps_isolates_instead_of_never_taking_effect") {
+        return;
+    }
+    let cidrs: String = (0..40)
+        .map(|i| format!("    - ipBlock:\n        cidr: 198.51.{i}.0/24\n"))
+        .collect();
+    let ports: String = (0..60)
+        .map(|i| format!("    - port: {}\n      protocol: TCP\n", 1000 + i * 2))
+        .collect();
+    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
+    for (flags, policy) in [
+        (
+            ["--max-prefixes", "8"],
+            target_ingress("many-cidrs", &cidrs, "    - port: 80\n"),
+        ),
+        (
+            ["--max-policy-entries", "6"],
+            target_ingress("many-ports", client_peer, &ports),
+        ),
+    ] {
+        let fixture = Fixture::new("policy-full", &["10.244.1.2", "10.244.1.10"]);
+        fixture.write_pod(0, "client", "client");
+        fixture.write_pod(1, "target", "target");
+        let agent = fixture.start(&flags, None);
+        assert!(
+            within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+            "{flags:?}: ready before the policy"
+        );
+        assert!(fixture.probe(0, 1), "open before the policy");
+        fixture.write("policy.yaml", &policy);
+        // The client is allowed by no reading of the policy on port 80.
+        assert_denied(&fixture, 0, &[1], &format!("{flags:?}"));
+        assert!(
+            within(STEP_TIMEOUT, || fixture.ready().0 == 503).is_some(),
+            "{flags:?}: not ready while the policy does not fit"
+        );
+        let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+        assert!(
+            metric(
+                &metrics,
+                "netpol_denied_packets_total{reason=\"not_programmed\""
+            ) >= 1.0,
+            "{flags:?}: drops counted as not_programmed\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn stale_tcx_pins_after_a_pod_network_rebuild_are_replaced() {
+    if !require_root("stale_tcx_pins_after_a_pod_network_rebuild_are_replaced") {
+        return;
+    }
+    let fixture = Fixture::new("stale-pins", &["10.244.1.2", "10.244.1.10"]);
+    fixture.write_pod(0, "client", "client");
+    fixture.write_pod(1, "target", "target");
+    fixture.write("policy.yaml", DENY_ALL_TARGETS);
+    let mut agent = fixture.start(&[], None);
+    let pin_dir = agent.pin_dir.clone();
+    assert_denied(&fixture, 0, &[1], "first agent");
+    agent.cleanup_on_drop = false;
+    agent.kill();
+
+    // Rebuild the target's veth with the same interface index (as a reused index would be).
+    let host_veth = fixture.node.pods[1].host_veth.clone();
+    let index = fixture.node.node.run(|| {
+        let output = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "dev", &host_veth])
+            .output()
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.split(':').next().expect("ifindex").trim().to_owned()
+    });
+    rebuild_veth(&fixture, 1, &index);
+    // The pod's server keeps its socket: only the link was rebuilt.
+    assert!(
+        within(STEP_TIMEOUT, || fixture.probe(0, 1)).is_some(),
+        "the rebuilt pod is reachable while no agent runs (the old links died with the veth)"
+    );
+
+    let mut agent = fixture.start(&[], Some(pin_dir));
+    assert_denied(&fixture, 0, &[1], "after the restart on stale pins");
+    assert!(
+        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+        "ready once enforced"
+    );
+    agent.cleanup_on_drop = true;
+}
+
+/// Deletes pod `pod`'s veth and makes it again with interface index `index` on the host side.
+fn rebuild_veth(fixture: &Fixture, pod: usize, index: &str) {
+    let node = &fixture.node.node;
+    let entry = &fixture.node.pods[pod];
+    let address = entry.ip.to_string();
+    node.ip(&["link", "del", &entry.host_veth]);
+    node.ip(&[
+        "link",
+        "add",
+        &entry.host_veth,
+        "index",
+        index,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        entry.netns.name(),
+    ]);
+    node.ip(&["link", "set", &entry.host_veth, "up"]);
+    node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", entry.host_veth), "1");
+    node.sysctl(
+        &format!("net.ipv4.neigh.{}.proxy_delay", entry.host_veth),
+        "0",
+    );
+    node.ip(&[
+        "route",
+        "add",
+        &format!("{address}/32"),
+        "dev",
+        &entry.host_veth,
+    ]);
+    entry
+        .netns
+        .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"]);
+    entry.netns.ip(&["link", "set", "eth0", "up"]);
+    entry.netns.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    entry.netns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+}
+
+/// SYNs from `from`'s namespace claiming `claimed` as their source, counted where they land.
+fn forged_syns_delivered(fixture: &Fixture, from: usize, to: usize, claimed: IpAddr) -> usize {
+    let counter = raw::Counter::open(&fixture.node.pods[to].netns, "eth0");
+    let syn = raw::tcp_syn(claimed, fixture.node.pods[to].ip, 80);
+    raw::send(&fixture.node.pods[from].netns, &vec![syn; 5]);
+    counter
+        .collect(Duration::from_millis(500))
+        .iter()
+        .filter(|seen| seen.src == claimed)
+        .count()
+}
+
+#[test]
+fn forged_sources_from_a_pod_are_dropped_as_spoofed() {
+    if !require_root("forged_sources_from_a_pod_are_dropped_as_spoofed") {
+        return;
+    }
+    let fixture = Fixture::new(
+        "spoofing",
+        &[
+            "10.244.1.2",
+            "10.244.1.10",
+            "10.244.1.11",
+            "fd00:10:244:1::2",
+            "fd00:10:244:1::10",
+        ],
+    );
+    fixture.write_pod(0, "attacker", "client");
+    fixture.write_pod(1, "target", "target");
+    fixture.write_pod(2, "bystander", "client");
+    fixture.write_pod(3, "attacker-v6", "client");
+    fixture.write_pod(4, "target-v6", "target");
+    // The target allows only the outside client, by ipBlock, in both families.
+    let from = format!(
+        "    - ipBlock:\n        cidr: {ALLOWED_CLIENT}/32\n    - ipBlock:\n        cidr: 2001:db8::10/128\n"
+    );
+    fixture.write(
+        "policy.yaml",
+        &target_ingress("outside-only", &from, "    - port: 80\n"),
+    );
+    let agent = fixture.start(&[], None);
+    assert!(
+        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+        "ready"
+    );
+    assert_denied(&fixture, 0, &[1], "the attacker itself is denied");
+
+    let cases = [
+        (0, 1, ip(ALLOWED_CLIENT), "an allowed outside client (IPv4)"),
+        (0, 1, fixture.node.pods[2].ip, "another local pod (IPv4)"),
+        (3, 4, ip("2001:db8::10"), "an allowed outside client (IPv6)"),
+    ];
+    for (from, to, claimed, what) in cases {
+        let delivered = forged_syns_delivered(&fixture, from, to, claimed);
+        assert_eq!(delivered, 0, "SYNs forged as {what} reached the target");
+    }
+    let counted = || {
+        let metrics = agent.metrics(&fixture.node.node).unwrap_or_default();
+        metric(&metrics, "netpol_denied_packets_total{reason=\"spoofed\"") >= 15.0
+    };
+    assert!(
+        within(COUNTERS_TIMEOUT, counted).is_some(),
+        "forged packets counted as spoofed"
+    );
+}
+
+/// Sends a 1,208-byte UDP datagram as four fragments from `from`'s port `sport` to `to` with
+/// IP id `id`; returns how many fragments arrived. A new source port is a new connection (an
+/// allowed one goes on under a changed policy until it expires).
+fn fragments_delivered(fixture: &Fixture, from: usize, to: usize, sport: u16, id: u32) -> usize {
+    let src = fixture.node.pods[from].ip;
+    let counter = raw::Counter::open(&fixture.node.pods[to].netns, "eth0");
+    let fragments = raw::udp_fragments(src, fixture.node.pods[to].ip, sport, 80, id, 1200, 304);
+    assert_eq!(fragments.len(), 4);
+    raw::send(&fixture.node.pods[from].netns, &fragments);
+    counter
+        .collect(Duration::from_millis(500))
+        .iter()
+        .filter(|seen| seen.src == src && seen.fragment_id == Some(id))
+        .count()
+}
+
+#[test]
+fn later_fragments_share_the_fate_of_their_first_fragment() {
+    if !require_root("later_fragments_share_the_fate_of_their_first_fragment") {
+        return;
+    }
+    let fixture = Fixture::new(
+        "fragments",
+        &[
+            "10.244.1.2",
+            "10.244.1.10",
+            "fd00:10:244:1::2",
+            "fd00:10:244:1::10",
+        ],
+    );
+    fixture.write_pod(0, "client", "client");
+    fixture.write_pod(1, "target", "target");
+    fixture.write_pod(2, "client-v6", "client");
+    fixture.write_pod(3, "target-v6", "target");
+    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
+    let allow_udp = |port: u16| {
+        target_ingress(
+            "udp",
+            client_peer,
+            &format!("    - port: {port}\n      protocol: UDP\n"),
+        )
+    };
+    fixture.write("policy.yaml", &allow_udp(80));
+    let _agent = fixture.start(&[], None);
+    assert!(
+        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+        "ready"
+    );
+    for (from, to, family) in [(0, 1, "IPv4"), (2, 3, "IPv6")] {
+        assert_eq!(
+            fragments_delivered(&fixture, from, to, 40_001, 0x4242),
+            4,
+            "{family}: an allowed fragmented datagram arrives whole"
+        );
+    }
+    // Now the same client is denied: a datagram of a new connection with the same IP id must
+    // not ride on the earlier datagram's record.
+    fixture.write("policy.yaml", &allow_udp(81));
+    let mut sport = 41_000;
+    let mut next_port = || {
+        sport += 1;
+        sport
+    };
+    let holds = within(STEP_TIMEOUT, || {
+        fragments_delivered(&fixture, 0, 1, next_port(), 0x4343) == 0
+    });
+    assert!(holds.is_some(), "the new policy holds");
+    for (from, to, family) in [(0, 1, "IPv4"), (2, 3, "IPv6")] {
+        assert_eq!(
+            fragments_delivered(&fixture, from, to, next_port(), 0x4242),
+            0,
+            "{family}: fragments of a denied datagram arrived"
+        );
+    }
+}
+
+#[test]
+fn a_switch_value_that_turns_enforcement_off_unexpectedly_is_logged_and_counted() {
+    if !require_root("a_switch_value_that_turns_enforcement_off_unexpectedly_is_logged_and_counted")
+    {
+        return;
+    }
+    let fixture = Fixture::new("switch-values", &["10.244.1.2", "10.244.1.10"]);
+    fixture.write_pod(0, "client", "client");
+    fixture.write_pod(1, "target", "target");
+    fixture.write("policy.yaml", DENY_ALL_TARGETS);
+    let agent = fixture.start(&[], None);
+    assert_denied(&fixture, 0, &[1], "enforced");
+    let eni_config = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: eni-config\n  namespace: kube-system\ndata:\n  disable_network_policy: \"{value}\"\n"
+        )
+    };
+    // "False" reads as "on" to a person and as "off" to Terway, whose reading we keep.
+    fixture.write("eni-config.yaml", &eni_config("False"));
+    assert!(
+        within(STEP_TIMEOUT, || fixture.probe(0, 1)).is_some(),
+        "Terway's reading: off"
+    );
+    let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+    assert_eq!(
+        metric(&metrics, "netpol_switch_off_by_odd_value_total"),
+        1.0,
+        "{metrics}"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("\"False\" turns enforcement OFF"), "{log}");
+    fixture.write("eni-config.yaml", &eni_config("true"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+    assert_eq!(
+        metric(&metrics, "netpol_switch_off_by_odd_value_total"),
+        1.0,
+        "\"true\" is plain"
+    );
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("disable_network_policy read").count(),
+        3,
+        "the raw value is logged at start and on every change: {log}"
+    );
+}
+
+#[test]
+fn cleanup_succeeds_after_a_normal_run_in_every_mode() {
+    if !require_root("cleanup_succeeds_after_a_normal_run_in_every_mode") {
+        return;
+    }
+    for flags in [
+        &["--backend", "ebpf"][..],
+        &["--backend", "ebpf", "--legacy-tc"],
+        &["--backend", "iptables"],
+    ] {
+        let fixture = Fixture::new("cleanup", &["10.244.1.2", "10.244.1.10"]);
+        fixture.write_pod(0, "client", "client");
+        fixture.write_pod(1, "target", "target");
+        fixture.write("policy.yaml", DENY_ALL_TARGETS);
+        let mut agent = fixture.start(flags, None);
+        assert_denied(&fixture, 0, &[1], &format!("{flags:?}"));
+        agent.stop();
+        agent
+            .cleanup()
+            .unwrap_or_else(|error| panic!("{flags:?}: {error:#}"));
+        assert!(fixture.probe(0, 1), "{flags:?}: open after cleanup");
+    }
+}
+
+#[test]
+fn the_backend_that_starts_removes_the_other_ones_state() {
+    if !require_root("the_backend_that_starts_removes_the_other_ones_state") {
+        return;
+    }
+    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
+    for (first, second) in [("ebpf", "iptables"), ("iptables", "ebpf")] {
+        let fixture = Fixture::new("switch-backend", &["10.244.1.2", "10.244.1.10"]);
+        fixture.write_pod(0, "client", "client");
+        fixture.write_pod(1, "target", "target");
+        fixture.write("policy.yaml", DENY_ALL_TARGETS);
+        let mut agent = fixture.start(&["--backend", first], None);
+        let pin_dir = agent.pin_dir.clone();
+        assert_denied(&fixture, 0, &[1], first);
+        agent.cleanup_on_drop = false;
+        agent.kill();
+
+        // The policy now allows the client; the other backend takes over.
+        fixture.write(
+            "policy.yaml",
+            &target_ingress("allow-client", client_peer, "    - port: 80\n"),
+        );
+        let mut agent = fixture.start(&["--backend", second], Some(pin_dir.clone()));
+        assert!(
+            within(STEP_TIMEOUT, || fixture.probe(0, 1)).is_some(),
+            "{first} -> {second}: the newly allowed flow is still dropped by the old backend"
+        );
+        let leftovers = leftover_state(&fixture, &pin_dir, first);
+        assert!(leftovers.is_empty(), "{first} -> {second}: {leftovers}");
+        agent.cleanup_on_drop = true;
+    }
+}
+
+/// What of `backend`'s state is left on the node: pins and filters, or chains.
+fn leftover_state(fixture: &Fixture, pin_dir: &Path, backend: &str) -> String {
+    if backend == "ebpf" {
+        let pins = std::fs::read_dir(pin_dir)
+            .map(|dir| dir.count())
+            .unwrap_or(0);
+        if pins > 0 {
+            format!("{pins} pins left in {}", pin_dir.display())
+        } else {
+            String::new()
+        }
+    } else {
+        let rules = fixture.node.node.run(|| {
+            ["iptables-save", "iptables-legacy-save", "iptables-nft-save"]
+                .iter()
+                .filter_map(|tool| std::process::Command::new(tool).output().ok())
+                .map(|output| {
+                    String::from_utf8_lossy(&output.stdout)
+                        .matches("NP-")
+                        .count()
+                })
+                .sum::<usize>()
+        });
+        if rules > 0 {
+            format!("{rules} NP- lines left in iptables")
+        } else {
+            String::new()
+        }
+    }
+}
