@@ -150,13 +150,18 @@ impl Run {
                 assert_eq!(got, expect(egress), "seed {seed}: {program} {flow:?}");
             }
         }
-        if self.forwarding && (is_endpoint(state, flow.dst) || is_endpoint(state, flow.src)) {
+        if self.forwarding && is_endpoint(state, flow.dst) {
             let got = self.send(PROG_TO_POD, &packet(flow).build(), true);
             assert_eq!(
                 got,
                 expect(egress && ingress),
                 "seed {seed}: {PROG_TO_POD} {flow:?}"
             );
+        } else if self.forwarding && is_endpoint(state, flow.src) {
+            // A pod interface carries its own pod's traffic only: a destination that is no
+            // endpoint there is a pod the agent has not programmed, isolated until it is.
+            let got = self.send(PROG_TO_POD, &packet(flow).build(), true);
+            assert_eq!(got, DROP, "seed {seed}: {PROG_TO_POD} to no endpoint {flow:?}");
         }
     }
 

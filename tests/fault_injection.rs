@@ -621,3 +621,53 @@ fn leftover_state(fixture: &Fixture, pin_dir: &Path, backend: &str) -> String {
         }
     }
 }
+
+#[test]
+fn pod_churn_leaves_pins_for_existing_interfaces_only_and_a_quiet_log() {
+    if !require_root("pod_churn_leaves_pins_for_existing_interfaces_only_and_a_quiet_log") {
+        return;
+    }
+    const CHURNED: usize = 24;
+    let mut addresses = vec!["10.244.1.2".to_owned()];
+    addresses.extend((0..CHURNED).map(|i| format!("10.244.1.{}", 100 + i)));
+    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    let fixture = Fixture::new("churn", &refs);
+    fixture.write_pod(0, "client", "client");
+    for index in 1..=CHURNED {
+        fixture.write_pod(index, &format!("pod-{index}"), "target");
+    }
+    fixture.write("policy.yaml", DENY_ALL_TARGETS);
+    let agent = fixture.start(&[], None);
+    assert!(
+        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+        "ready with every pod attached"
+    );
+    // The pods go: objects first or links first, as a real node does either.
+    for index in 1..=CHURNED {
+        let entry = &fixture.node.pods[index];
+        if index % 2 == 0 {
+            fixture.node.node.ip(&["link", "del", &entry.host_veth]);
+            let _ = std::fs::remove_file(fixture.objects.join(format!("pod-pod-{index}.yaml")));
+        } else {
+            let _ = std::fs::remove_file(fixture.objects.join(format!("pod-pod-{index}.yaml")));
+            fixture.node.node.ip(&["link", "del", &entry.host_veth]);
+        }
+    }
+    let links = agent.pin_dir.join("links");
+    let pins = || {
+        std::fs::read_dir(&links)
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
+    // Left: the client's two hooks and the uplink's one.
+    assert!(
+        within(Duration::from_secs(15), || pins() == 3).is_some(),
+        "pins left for interfaces that are gone: {}",
+        pins()
+    );
+    // Two resyncs later, nothing is being retried.
+    std::thread::sleep(Duration::from_secs(11));
+    let log = agent.log_text();
+    assert_eq!(log.matches("detaching failed").count(), 0, "{log}");
+    assert_eq!(pins(), 3);
+}

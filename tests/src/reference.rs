@@ -55,6 +55,17 @@ pub fn state() -> NodeState {
             egress_set: SET_A_OUT,
         },
     );
+    // Every local pod has an endpoint, selected or not: on a pod interface, an address
+    // without one is a forged source or a pod not programmed yet, and is dropped.
+    for (id, pod) in [(2, POD_B), (3, POD_C)] {
+        state.endpoints.insert(
+            Addr::from(ip(pod)),
+            Endpoint {
+                id,
+                ..Endpoint::default()
+            },
+        );
+    }
     state.ipcache.insert(
         IpPrefix::host(Addr::from(ip(POD_B))),
         PeerClass { id: CLASS_B },
