@@ -161,7 +161,10 @@ impl Run {
             // A pod interface carries its own pod's traffic only: a destination that is no
             // endpoint there is a pod the agent has not programmed, isolated until it is.
             let got = self.send(PROG_TO_POD, &packet(flow).build(), true);
-            assert_eq!(got, DROP, "seed {seed}: {PROG_TO_POD} to no endpoint {flow:?}");
+            assert_eq!(
+                got, DROP,
+                "seed {seed}: {PROG_TO_POD} to no endpoint {flow:?}"
+            );
         }
     }
 

@@ -152,6 +152,14 @@ impl Harness {
             egress_set: SET_B_EGRESS,
         };
         datapath.insert_endpoint(addr(POD_B), b).expect("endpoint");
+        // Selected by no policy, yet an endpoint: every local pod is one.
+        let unselected = Endpoint {
+            id: 3,
+            ..Endpoint::default()
+        };
+        datapath
+            .insert_endpoint(addr(POD_UNSELECTED), unselected)
+            .expect("endpoint");
         for (prefix, len, class) in [
             (PEER_WEB, 32, CLASS_WEB),
             (POD_B, 32, CLASS_WEB),
@@ -821,4 +829,43 @@ fn a_pod_interface_cannot_claim_another_pods_address() {
         .expect("endpoint");
     assert_eq!(harness.send_from_pod(&allowed), DROP);
     assert_eq!(harness.drops(DropReason::Spoofed, DIR_EGRESS), 1);
+}
+
+#[test]
+fn a_pod_interface_carries_only_known_endpoints_addresses() {
+    if !require_root("a_pod_interface_carries_only_known_endpoints_addresses") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    // A source that is no endpoint at a pod's egress hook: forged (or a pod not programmed).
+    assert_eq!(harness.send_from_pod(&syn(PEER_WEB, POD_A, 80)), DROP);
+    assert_eq!(harness.send_from_pod(&syn("fd00::99", POD_A6, 80)), DROP);
+    assert_eq!(harness.drops(DropReason::Spoofed, DIR_EGRESS), 2);
+    // A destination that is no endpoint at a pod's ingress hook: a pod not programmed yet.
+    assert_eq!(harness.send_to_pod(&syn(PEER_WEB, "10.244.1.99", 80)), DROP);
+    assert_eq!(harness.drops(DropReason::NoEndpoint, DIR_INGRESS), 1);
+    // Neighbour discovery and duplicate address detection use no pod address.
+    let solicitation = |src: &str, dst: &str| {
+        PacketSpec::new(
+            ip(src),
+            ip(dst),
+            Transport::Icmp {
+                kind: 135,
+                code: 0,
+                id: 0,
+            },
+        )
+    };
+    assert_eq!(
+        harness.send_from_pod(&solicitation("::", "ff02::1:ff00:10")),
+        PASS
+    );
+    assert_eq!(
+        harness.send_from_pod(&solicitation("fe80::2", "fe80::1")),
+        PASS
+    );
+    assert_eq!(
+        harness.send_to_pod(&solicitation("fe80::1", "ff02::1:ff00:10")),
+        PASS
+    );
 }
