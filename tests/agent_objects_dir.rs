@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use netpol_tests::{
     agent::Agent,
     netns::Stream,
-    objects::{ObjectsDir, STEP_TIMEOUT, metric, play_all, start_agent, within},
+    objects::{ObjectsDir, STEP_TIMEOUT, eni_config, metric, play_all, start_agent, within},
     require_root,
     scenarios::{ACCESS_NGINX, World},
 };
@@ -155,11 +155,6 @@ fn the_disable_network_policy_switch_removes_and_restores_enforcement() {
         within(STEP_TIMEOUT, || !busybox.tcp_probe(nginx, 80)).is_some(),
         "enforced"
     );
-    let eni_config = |value: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: eni-config\n  namespace: kube-system\ndata:\n  disable_network_policy: \"{value}\"\n"
-        )
-    };
     objects.write("eni-config.yaml", &eni_config("true"));
     assert!(
         within(STEP_TIMEOUT, || busybox.tcp_probe(nginx, 80)).is_some(),

@@ -13,7 +13,7 @@ use std::{
 use netpol_tests::{
     agent::{Agent, AgentOptions, http_get},
     netns::{Server, SimulatedNode},
-    objects::{STEP_TIMEOUT, metric, within},
+    objects::{STEP_TIMEOUT, eni_config, metric, within},
     raw, require_root,
     scenarios::write_atomically,
 };
@@ -65,6 +65,31 @@ impl Fixture {
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n",
         );
         fixture
+    }
+
+    /// Pod 0 `client` (role client) and pod 1 `target` (role target).
+    fn client_and_target(test: &str) -> Self {
+        let fixture = Self::new(test, &["10.244.1.2", "10.244.1.10"]);
+        fixture.write_pod(0, "client", "client");
+        fixture.write_pod(1, "target", "target");
+        fixture
+    }
+
+    /// Sends raw `packets` from pod `from` and counts those that reach pod `to` and `match`.
+    fn delivered(
+        &self,
+        from: usize,
+        to: usize,
+        packets: &[Vec<u8>],
+        matches: impl Fn(&raw::Seen) -> bool,
+    ) -> usize {
+        let counter = raw::Counter::open(&self.node.pods[to].netns, "eth0");
+        raw::send(&self.node.pods[from].netns, packets);
+        counter
+            .collect(Duration::from_millis(500))
+            .iter()
+            .filter(|seen| matches(seen))
+            .count()
     }
 
     fn write(&self, name: &str, content: &str) {
@@ -220,9 +245,7 @@ fn a_policy_too_large_for_its_maps_isolates_instead_of_never_taking_effect() {
             target_ingress("many-ports", client_peer, &ports),
         ),
     ] {
-        let fixture = Fixture::new("policy-full", &["10.244.1.2", "10.244.1.10"]);
-        fixture.write_pod(0, "client", "client");
-        fixture.write_pod(1, "target", "target");
+        let fixture = Fixture::client_and_target("policy-full");
         let agent = fixture.start(&flags, None);
         assert!(
             within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
@@ -252,9 +275,7 @@ fn stale_tcx_pins_after_a_pod_network_rebuild_are_replaced() {
     if !require_root("stale_tcx_pins_after_a_pod_network_rebuild_are_replaced") {
         return;
     }
-    let fixture = Fixture::new("stale-pins", &["10.244.1.2", "10.244.1.10"]);
-    fixture.write_pod(0, "client", "client");
-    fixture.write_pod(1, "target", "target");
+    let fixture = Fixture::client_and_target("stale-pins");
     fixture.write("policy.yaml", DENY_ALL_TARGETS);
     let mut agent = fixture.start(&[], None);
     let pin_dir = agent.pin_dir.clone();
@@ -272,7 +293,7 @@ fn stale_tcx_pins_after_a_pod_network_rebuild_are_replaced() {
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.split(':').next().expect("ifindex").trim().to_owned()
     });
-    rebuild_veth(&fixture, 1, &index);
+    fixture.node.relink_pod(1, &index);
     // The pod's server keeps its socket: only the link was rebuilt.
     assert!(
         within(STEP_TIMEOUT, || fixture.probe(0, 1)).is_some(),
@@ -288,73 +309,10 @@ fn stale_tcx_pins_after_a_pod_network_rebuild_are_replaced() {
     agent.cleanup_on_drop = true;
 }
 
-/// Deletes pod `pod`'s veth and makes it again with interface index `index` on the host side.
-fn rebuild_veth(fixture: &Fixture, pod: usize, index: &str) {
-    let node = &fixture.node.node;
-    let entry = &fixture.node.pods[pod];
-    let address = entry.ip.to_string();
-    node.ip(&["link", "del", &entry.host_veth]);
-    node.ip(&[
-        "link",
-        "add",
-        &entry.host_veth,
-        "index",
-        index,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        entry.netns.name(),
-    ]);
-    node.ip(&["link", "set", &entry.host_veth, "up"]);
-    node.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", entry.host_veth), "1");
-    node.sysctl(
-        &format!("net.ipv4.neigh.{}.proxy_delay", entry.host_veth),
-        "0",
-    );
-    node.ip(&[
-        "route",
-        "add",
-        &format!("{address}/32"),
-        "dev",
-        &entry.host_veth,
-    ]);
-    entry
-        .netns
-        .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"]);
-    entry.netns.ip(&["link", "set", "eth0", "up"]);
-    entry.netns.ip(&[
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    entry.netns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-}
-
 /// SYNs from `from`'s namespace claiming `claimed` as their source, counted where they land.
 fn forged_syns_delivered(fixture: &Fixture, from: usize, to: usize, claimed: IpAddr) -> usize {
-    let counter = raw::Counter::open(&fixture.node.pods[to].netns, "eth0");
     let syn = raw::tcp_syn(claimed, fixture.node.pods[to].ip, 80);
-    raw::send(&fixture.node.pods[from].netns, &vec![syn; 5]);
-    counter
-        .collect(Duration::from_millis(500))
-        .iter()
-        .filter(|seen| seen.src == claimed)
-        .count()
+    fixture.delivered(from, to, &vec![syn; 5], |seen| seen.src == claimed)
 }
 
 #[test]
@@ -416,15 +374,11 @@ fn forged_sources_from_a_pod_are_dropped_as_spoofed() {
 /// allowed one goes on under a changed policy until it expires).
 fn fragments_delivered(fixture: &Fixture, from: usize, to: usize, sport: u16, id: u32) -> usize {
     let src = fixture.node.pods[from].ip;
-    let counter = raw::Counter::open(&fixture.node.pods[to].netns, "eth0");
     let fragments = raw::udp_fragments(src, fixture.node.pods[to].ip, sport, 80, id, 1200, 304);
     assert_eq!(fragments.len(), 4);
-    raw::send(&fixture.node.pods[from].netns, &fragments);
-    counter
-        .collect(Duration::from_millis(500))
-        .iter()
-        .filter(|seen| seen.src == src && seen.fragment_id == Some(id))
-        .count()
+    fixture.delivered(from, to, &fragments, |seen| {
+        seen.src == src && seen.fragment_id == Some(id)
+    })
 }
 
 #[test]
@@ -493,17 +447,10 @@ fn a_switch_value_that_turns_enforcement_off_unexpectedly_is_logged_and_counted(
     {
         return;
     }
-    let fixture = Fixture::new("switch-values", &["10.244.1.2", "10.244.1.10"]);
-    fixture.write_pod(0, "client", "client");
-    fixture.write_pod(1, "target", "target");
+    let fixture = Fixture::client_and_target("switch-values");
     fixture.write("policy.yaml", DENY_ALL_TARGETS);
     let agent = fixture.start(&[], None);
     assert_denied(&fixture, 0, &[1], "enforced");
-    let eni_config = |value: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: eni-config\n  namespace: kube-system\ndata:\n  disable_network_policy: \"{value}\"\n"
-        )
-    };
     // "False" reads as "on" to a person and as "off" to Terway, whose reading we keep.
     fixture.write("eni-config.yaml", &eni_config("False"));
     assert!(
@@ -544,9 +491,7 @@ fn cleanup_succeeds_after_a_normal_run_in_every_mode() {
         &["--backend", "ebpf", "--legacy-tc"],
         &["--backend", "iptables"],
     ] {
-        let fixture = Fixture::new("cleanup", &["10.244.1.2", "10.244.1.10"]);
-        fixture.write_pod(0, "client", "client");
-        fixture.write_pod(1, "target", "target");
+        let fixture = Fixture::client_and_target("cleanup");
         fixture.write("policy.yaml", DENY_ALL_TARGETS);
         let mut agent = fixture.start(flags, None);
         assert_denied(&fixture, 0, &[1], &format!("{flags:?}"));
@@ -565,9 +510,7 @@ fn the_backend_that_starts_removes_the_other_ones_state() {
     }
     let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
     for (first, second) in [("ebpf", "iptables"), ("iptables", "ebpf")] {
-        let fixture = Fixture::new("switch-backend", &["10.244.1.2", "10.244.1.10"]);
-        fixture.write_pod(0, "client", "client");
-        fixture.write_pod(1, "target", "target");
+        let fixture = Fixture::client_and_target("switch-backend");
         fixture.write("policy.yaml", DENY_ALL_TARGETS);
         let mut agent = fixture.start(&["--backend", first], None);
         let pin_dir = agent.pin_dir.clone();

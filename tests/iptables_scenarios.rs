@@ -4,7 +4,7 @@
 
 use netpol_tests::{
     agent::Agent,
-    objects::{ObjectsDir, STEP_TIMEOUT, metric, play_all, start_agent, within},
+    objects::{ObjectsDir, STEP_TIMEOUT, eni_config, metric, play_all, start_agent, within},
     require_root,
     scenarios::{ACCESS_NGINX, World},
 };
@@ -113,11 +113,6 @@ fn the_switch_and_counters_work_with_the_iptables_backend() {
     });
     let metrics = agent.metrics(&world.node.node).unwrap_or_default();
     assert!(counted.is_some(), "policy drops are counted:\n{metrics}");
-    let eni_config = |value: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: eni-config\n  namespace: kube-system\ndata:\n  disable_network_policy: \"{value}\"\n"
-        )
-    };
     objects.write("eni-config.yaml", &eni_config("true"));
     assert!(
         within(STEP_TIMEOUT, || busybox.tcp_probe(nginx, 80)).is_some(),

@@ -43,6 +43,12 @@ pub struct Endpoint {
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 
 impl Endpoint {
+    /// Whether a policy selects the endpoint in some direction.
+    #[inline(always)]
+    pub fn is_isolated(&self) -> bool {
+        self.flags & (FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED) != 0
+    }
+
     /// Whether traffic in `direction` ([`crate::policy::DIR_INGRESS`] or
     /// [`crate::policy::DIR_EGRESS`]) needs an allow entry, and which set holds them.
     #[inline(always)]

@@ -19,9 +19,7 @@ use agent_common::{
         CT_CLOSING, CT_EGRESS_ALLOWED, CT_EGRESS_DEFERRED, CT_INGRESS_ALLOWED, CT_SEEN_FROM_POD,
         CT_SEEN_TO_POD, CT_SEEN_TO_UPLINK, CtKey,
     },
-    endpoint::{
-        Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED, FLAG_NOT_PROGRAMMED,
-    },
+    endpoint::{Endpoint, FLAG_AUDIT, FLAG_NOT_PROGRAMMED},
     events::{EVENT_AUDIT, PolicyEvent},
     metrics::DropReason,
     policy::{DIR_EGRESS, DIR_INGRESS},
@@ -189,10 +187,7 @@ fn side_drop(packet: &Packet, endpoint: Option<&Endpoint>, direction: u8) -> Ver
 
 #[inline(always)]
 fn tracked(endpoint: Option<&Endpoint>) -> bool {
-    match endpoint {
-        Some(endpoint) => endpoint.flags & (FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED) != 0,
-        None => false,
-    }
+    endpoint.is_some_and(Endpoint::is_isolated)
 }
 
 #[inline(always)]

@@ -308,7 +308,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             };
             if let Err(error) = metrics::serve(listen, metrics, stop).await {
-                tracing::error!(%listen, error = %crate::error_chain(&error), "the HTTP endpoint failed");
+                tracing::error!(%listen, error = &error as &dyn std::error::Error, "the HTTP endpoint failed");
             }
         })
     };
@@ -369,7 +369,10 @@ async fn wait_for_signal() {
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,
         Err(error) => {
-            tracing::warn!(error = %crate::error_chain(&error), "cannot watch SIGTERM; stopping on Ctrl-C only");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "cannot watch SIGTERM; stopping on Ctrl-C only"
+            );
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -385,7 +388,10 @@ async fn wait_for_signal() {
 pub fn cleanup(args: CleanupArgs) -> Result<()> {
     let mut failures = remove_ebpf_state(&args.pin_dir)?;
     if let Err(error) = remove_iptables_state() {
-        tracing::warn!(error = %crate::error_chain(&error), "removing iptables chains and ipsets failed");
+        tracing::warn!(
+            error = &error as &dyn std::error::Error,
+            "removing iptables chains and ipsets failed"
+        );
         failures += 1;
     }
     if failures > 0 {
@@ -405,7 +411,7 @@ fn remove_ebpf_state(pin_dir: &Path) -> Result<usize> {
                 if let Err(error) =
                     crate::backend::ebpf::detach_interface(&link.name, role, mode, pin_dir)
                 {
-                    tracing::warn!(iface = %link.name, error = %crate::error_chain(&error), "detaching failed");
+                    tracing::warn!(iface = %link.name, error = &error as &dyn std::error::Error, "detaching failed");
                     failures += 1;
                 }
             }
@@ -447,7 +453,10 @@ fn handover(backend: BackendChoice, pin_dir: PathBuf) -> Box<dyn FnOnce() + Send
                     "removing the eBPF backend's programs failed in part: they may still drop traffic; run `netpol-agent cleanup` and restart"
                 ),
                 Err(error) => {
-                    tracing::error!(error = %crate::error_chain(error.as_ref()), "removing the eBPF backend's state failed")
+                    tracing::error!(
+                        error = &*error as &dyn std::error::Error,
+                        "removing the eBPF backend's state failed"
+                    )
                 }
             },
         }),
@@ -458,7 +467,7 @@ fn handover(backend: BackendChoice, pin_dir: PathBuf) -> Box<dyn FnOnce() + Send
                 "found the iptables backend's chains and sets: removed them, the eBPF backend enforces now"
             ),
             Err(error) => tracing::error!(
-                error = %crate::error_chain(&error),
+                error = &error as &dyn std::error::Error,
                 "removing the iptables backend's chains failed: they may still drop traffic; run `netpol-agent cleanup` and restart"
             ),
         }),

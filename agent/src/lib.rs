@@ -18,16 +18,3 @@ pub mod model;
 pub mod policy;
 pub mod runtime;
 pub mod source;
-
-/// An error with every cause in its source chain ("a: b: c"), for log fields: `%error` alone
-/// prints the outermost message and loses the errno underneath.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -52,7 +52,7 @@ struct Inner {
     source_problems: BTreeMap<&'static str, u64>,
     endpoints: u64,
     endpoints_without_interface: u64,
-    endpoints_not_enforced: BTreeMap<&'static str, u64>,
+    endpoints_not_enforced: BTreeMap<NotEnforced, u64>,
     not_ready_reason: String,
     switch_off_by_odd_value: u64,
     programming_errors: BTreeMap<&'static str, u64>,
@@ -60,6 +60,30 @@ struct Inner {
     counters: Counters,
     usage: Vec<MapUsage>,
     rule_names: BTreeMap<u32, RuleLabels>,
+}
+
+/// Why a selected local pod is not enforced as its policies say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NotEnforced {
+    /// No host interface routes to it: nothing judges its ingress at its own interface.
+    NoInterface,
+    /// Its interface is known but attaching the programs failed (retried every resync).
+    NotAttached,
+    /// A write it depends on failed: it is denied everything new until the write succeeds.
+    NotProgrammed,
+}
+
+impl NotEnforced {
+    pub const ALL: [Self; 3] = [Self::NoInterface, Self::NotAttached, Self::NotProgrammed];
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NoInterface => "no_interface",
+            Self::NotAttached => "not_attached",
+            Self::NotProgrammed => "not_programmed",
+        }
+    }
 }
 
 /// How a rule id is named in metrics.
@@ -87,7 +111,7 @@ impl Metrics {
     }
 
     /// Selected local pods that are not enforced as their policies say, by reason.
-    pub fn set_endpoints_not_enforced(&self, counts: BTreeMap<&'static str, u64>) {
+    pub fn set_endpoints_not_enforced(&self, counts: BTreeMap<NotEnforced, u64>) {
         self.with(|inner| inner.endpoints_not_enforced = counts);
     }
 
@@ -219,9 +243,9 @@ impl Metrics {
             gauge(&mut out, "netpol_endpoints", "Local pods enforced on this node.");
             let _ = writeln!(out, "netpol_endpoints {}", inner.endpoints);
             gauge(&mut out, "netpol_endpoints_not_enforced", "Selected local pods not enforced as their policies say, by reason (not_programmed pods are denied everything).");
-            for reason in ["no_interface", "not_attached", "not_programmed"] {
-                let count = inner.endpoints_not_enforced.get(reason).copied().unwrap_or(0);
-                let _ = writeln!(out, "netpol_endpoints_not_enforced{{reason=\"{reason}\"}} {count}");
+            for reason in NotEnforced::ALL {
+                let count = inner.endpoints_not_enforced.get(&reason).copied().unwrap_or(0);
+                let _ = writeln!(out, "netpol_endpoints_not_enforced{{reason=\"{}\"}} {count}", reason.name());
             }
             counter(&mut out, "netpol_switch_off_by_odd_value_total", "Times disable_network_policy turned enforcement off with a value other than \"true\" or \"1\".");
             let _ = writeln!(out, "netpol_switch_off_by_odd_value_total {}", inner.switch_off_by_odd_value);

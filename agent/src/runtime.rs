@@ -19,17 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{
-    addr::Addr,
-    endpoint::{Endpoint, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
-};
+use agent_common::{addr::Addr, endpoint::Endpoint};
 use k8s_openapi::api::core::v1::ConfigMap;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
     backend::{Backend, InterfaceRole, PodInterfaces},
     discovery::{self, NodeInterfaces},
-    metrics::{Metrics, RuleLabels},
+    metrics::{Metrics, NotEnforced, RuleLabels},
     model::{self, Change, ObjectRef, Snapshot, convert},
     policy::{Delta, Direction, Engine},
     source::{
@@ -98,6 +95,8 @@ pub struct Runtime<B: Backend> {
     switch_value: Option<Option<String>>,
     /// Run once, when the node first holds the desired state (removing another backend's).
     handover: Option<Box<dyn FnOnce() + Send>>,
+    /// Pins of interfaces gone before this agent started have been looked for.
+    pins_swept: bool,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -127,6 +126,7 @@ impl<B: Backend> Runtime<B> {
             retry_delay: RETRY_FIRST,
             switch_value: None,
             handover: None,
+            pins_swept: false,
         }
     }
 
@@ -282,7 +282,10 @@ impl<B: Backend> Runtime<B> {
             };
             self.refresh_pod_interfaces();
             if let Err(error) = self.backend.apply(&delta, &self.pod_interfaces) {
-                tracing::error!(error = %crate::error_chain(&error), "applying a delta failed; denying what it concerns and converging the whole state");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "applying a delta failed; denying what it concerns and converging the whole state"
+                );
                 self.metrics.count_programming_error("apply");
                 self.in_sync = false;
                 self.fail_closed(Some(&delta));
@@ -316,33 +319,14 @@ impl<B: Backend> Runtime<B> {
         let Some(engine) = &self.engine else {
             return;
         };
-        let isolating = FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED;
-        let everything = delta.is_none_or(|delta| {
-            !delta.ipcache_upserts.is_empty() || !delta.ipcache_removals.is_empty()
-        });
-        let sets: BTreeSet<u32> = delta
-            .iter()
-            .flat_map(|delta| {
-                delta
-                    .policy_upserts
-                    .keys()
-                    .chain(delta.policy_removals.iter())
-                    .map(|key| key.key.set_id())
-            })
-            .collect();
-        let affected: BTreeMap<Addr, Endpoint> = engine
-            .state()
-            .endpoints
-            .iter()
-            .filter(|(addr, endpoint)| {
-                endpoint.flags & isolating != 0
-                    && (everything
-                        || delta.is_some_and(|delta| delta.endpoint_upserts.contains_key(*addr))
-                        || sets.contains(&endpoint.ingress_set)
-                        || sets.contains(&endpoint.egress_set))
-            })
-            .map(|(addr, endpoint)| (*addr, *endpoint))
-            .collect();
+        let state = engine.state();
+        let affected: BTreeMap<Addr, Endpoint> = match delta {
+            Some(delta) => delta.endpoints_at_stake(state),
+            None => state
+                .selected_endpoints()
+                .map(|(addr, endpoint)| (*addr, *endpoint))
+                .collect(),
+        };
         if affected.is_empty() {
             return;
         }
@@ -353,7 +337,10 @@ impl<B: Backend> Runtime<B> {
         let failed = self.backend.fail_closed(&affected, &self.pod_interfaces);
         if let Err(error) = failed {
             // What could not be written is no endpoint to the datapath: dropped as such.
-            tracing::error!(error = %crate::error_chain(&error), "writing endpoints as not programmed failed");
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "writing endpoints as not programmed failed"
+            );
             self.metrics.count_programming_error("fail_closed");
         }
         self.not_programmed.extend(affected.into_keys());
@@ -362,30 +349,26 @@ impl<B: Backend> Runtime<B> {
     /// Ready while the node holds the desired state and every selected local pod is enforced;
     /// the pods that are not are counted by reason.
     fn update_readiness(&self) {
-        let mut not_enforced: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut not_enforced: BTreeMap<NotEnforced, u64> = BTreeMap::new();
         if let Some(engine) = &self.engine {
-            let isolating = FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED;
-            for (addr, endpoint) in &engine.state().endpoints {
-                if endpoint.flags & isolating == 0 {
-                    continue;
-                }
-                let link = addr.to_ip().and_then(|ip| {
+            for (addr, _) in engine.state().selected_endpoints() {
+                let attached = |index: &u32| {
                     self.interfaces
                         .as_ref()
-                        .and_then(|interfaces| interfaces.pod_interface(ip))
-                });
+                        .and_then(|interfaces| interfaces.link_by_index(*index))
+                        .is_some_and(|link| {
+                            self.attached
+                                .contains(&(link.name.clone(), InterfaceRole::Pod))
+                        })
+                };
                 let reason = if self.not_programmed.contains(addr) {
-                    "not_programmed"
-                } else if let Some(link) = link {
-                    if self
-                        .attached
-                        .contains(&(link.name.clone(), InterfaceRole::Pod))
-                    {
-                        continue;
-                    }
-                    "not_attached"
+                    NotEnforced::NotProgrammed
                 } else {
-                    "no_interface"
+                    match self.pod_interfaces.get(addr) {
+                        None => NotEnforced::NoInterface,
+                        Some(index) if !attached(index) => NotEnforced::NotAttached,
+                        Some(_) => continue,
+                    }
                 };
                 *not_enforced.entry(reason).or_default() += 1;
             }
@@ -397,7 +380,7 @@ impl<B: Backend> Runtime<B> {
         } else if !not_enforced.is_empty() {
             let reasons: Vec<String> = not_enforced
                 .iter()
-                .map(|(reason, count)| format!("{count} {reason}"))
+                .map(|(reason, count)| format!("{count} {}", reason.name()))
                 .collect();
             Err(format!(
                 "selected local pods not enforced: {}",
@@ -454,7 +437,10 @@ impl<B: Backend> Runtime<B> {
                 );
             }
             Err(error) => {
-                tracing::error!(error = %crate::error_chain(&error), "converging the full state failed; denying the selected pods' new connections until it succeeds");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "converging the full state failed; denying the selected pods' new connections until it succeeds"
+                );
                 self.metrics.count_programming_error("converge");
                 self.in_sync = false;
                 self.fail_closed(None);
@@ -562,7 +548,10 @@ impl<B: Backend> Runtime<B> {
                 self.metrics.set_enforcing(enforce);
             }
             Err(error) => {
-                tracing::error!(error = %crate::error_chain(&error), "switching enforcement failed");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "switching enforcement failed"
+                );
                 self.metrics.count_programming_error("switch");
             }
         }
@@ -575,7 +564,10 @@ impl<B: Backend> Runtime<B> {
                 None => interfaces,
             }),
             Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "reading interfaces failed; keeping the last view");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "reading interfaces failed; keeping the last view"
+                );
                 self.metrics.count_programming_error("discover");
                 self.interfaces.clone()
             }
@@ -640,7 +632,10 @@ impl<B: Backend> Runtime<B> {
                 ..Delta::default()
             };
             if let Err(error) = self.backend.apply(&delta, &self.pod_interfaces) {
-                tracing::error!(error = %crate::error_chain(&error), "updating endpoint interfaces failed");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "updating endpoint interfaces failed"
+                );
                 self.metrics.count_programming_error("apply");
                 self.in_sync = false;
                 self.fail_closed(Some(&delta));
@@ -685,44 +680,56 @@ impl<B: Backend> Runtime<B> {
                     self.attached.insert((iface.clone(), *role));
                 }
                 Err(error) => {
-                    tracing::warn!(iface, ?role, error = %crate::error_chain(&error), "attaching failed; retrying on the next resync");
+                    tracing::warn!(
+                        iface,
+                        ?role,
+                        error = &error as &dyn std::error::Error,
+                        "attaching failed; retrying on the next resync"
+                    );
                     self.metrics.count_programming_error("attach");
                 }
             }
         }
+        let mut detached = false;
         for (iface, role) in self
             .attached
             .difference(&wanted)
             .cloned()
             .collect::<Vec<_>>()
         {
-            let gone = self
-                .interfaces
-                .as_ref()
-                .is_some_and(|interfaces| interfaces.link_by_name(&iface).is_none());
             match self.backend.detach(&iface, role) {
                 Ok(()) => {
                     tracing::info!(iface, ?role, "detached");
                     self.attached.remove(&(iface, role));
-                }
-                // The interface took our programs with it: nothing is left to retry.
-                Err(_) if gone => {
-                    tracing::info!(iface, ?role, "interface gone; forgotten");
-                    self.attached.remove(&(iface, role));
+                    detached = true;
                 }
                 Err(error) => {
-                    tracing::warn!(iface, ?role, error = %crate::error_chain(&error), "detaching failed");
+                    tracing::warn!(
+                        iface,
+                        ?role,
+                        error = &error as &dyn std::error::Error,
+                        "detaching failed"
+                    );
                     self.metrics.count_programming_error("detach");
                 }
             }
         }
-        match self.backend.remove_orphans() {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "removed pins of interfaces that are gone"),
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "removing pins of vanished interfaces failed");
-                self.metrics.count_programming_error("remove_orphans");
+        // Interfaces that vanished leave pins behind: those of this pass, and at start those
+        // of interfaces that went while no agent ran.
+        if detached || !self.pins_swept {
+            match self.backend.remove_orphans() {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed pins of interfaces that are gone"),
+                Err(error) => {
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "removing pins of vanished interfaces failed"
+                    );
+                    self.metrics.count_programming_error("remove_orphans");
+                    return;
+                }
             }
+            self.pins_swept = true;
         }
     }
 
@@ -769,7 +776,10 @@ impl<B: Backend> Runtime<B> {
         match (self.backend.counters(), self.backend.usage()) {
             (Ok(counters), Ok(usage)) => self.metrics.set_datapath(counters, usage),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::debug!(error = %crate::error_chain(&error), "reading datapath counters failed");
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "reading datapath counters failed"
+                );
             }
         }
     }
@@ -885,14 +895,11 @@ mod tests {
         runtime.reconcile();
         let a = Addr::from("10.244.1.10".parse::<IpAddr>().expect("address"));
         assert!(!runtime.in_sync);
-        assert!(
-            runtime.backend.not_programmed.contains(&a),
-            "the pods the failed write concerns are denied"
-        );
         let endpoint = runtime.backend.state.endpoints[&a];
         assert_eq!(
             endpoint.flags & agent_common::endpoint::FLAG_NOT_PROGRAMMED,
-            agent_common::endpoint::FLAG_NOT_PROGRAMMED
+            agent_common::endpoint::FLAG_NOT_PROGRAMMED,
+            "the pods the failed write concerns are denied"
         );
         assert!(
             !runtime.metrics.is_ready(),
@@ -908,7 +915,12 @@ mod tests {
         shutdown_tx.send_replace(true);
         let runtime = running.await.expect("the runtime stops");
         assert!(runtime.in_sync, "a retry converged the node");
-        assert!(runtime.backend.not_programmed.is_empty());
+        assert!(
+            runtime.backend.state.endpoints.values().all(|endpoint| {
+                endpoint.flags & agent_common::endpoint::FLAG_NOT_PROGRAMMED == 0
+            }),
+            "no endpoint is left not programmed"
+        );
         let engine = runtime.engine.as_ref().expect("engine");
         assert_eq!(
             &runtime.backend.state,

@@ -437,10 +437,36 @@ impl SimulatedNode {
         let netns = Netns::new(&format!("pod{index}"));
         // Terway names host-side veths `cali` + 11 hex characters.
         let host_veth = format!("cali{:011x}", 0x5ee_d000_0000u64 + index as u64);
-        self.node.ip(&[
-            "link",
-            "add",
-            &host_veth,
+        self.link_pod(&netns, &host_veth, ip, None);
+        self.pods.push(Pod {
+            netns,
+            ip: ip.parse().expect("pod address"),
+            host_veth,
+        });
+        index
+    }
+
+    /// Deletes pod `index`'s veth and makes it again, its host side with interface index
+    /// `ifindex` (as a rebuilt pod network that reuses an index would have it).
+    pub fn relink_pod(&self, index: usize, ifindex: &str) {
+        let pod = &self.pods[index];
+        self.node.ip(&["link", "del", &pod.host_veth]);
+        self.link_pod(
+            &pod.netns,
+            &pod.host_veth,
+            &pod.ip.to_string(),
+            Some(ifindex),
+        );
+    }
+
+    /// The routed pod link: a veth from `host_veth` (with interface index `ifindex` if given)
+    /// to `eth0` in `netns`, proxy ARP for the link-local gateway, a /32 route each way.
+    fn link_pod(&self, netns: &Netns, host_veth: &str, ip: &str, ifindex: Option<&str>) {
+        let mut add = vec!["link", "add", host_veth];
+        if let Some(ifindex) = ifindex {
+            add.extend(["index", ifindex]);
+        }
+        add.extend([
             "type",
             "veth",
             "peer",
@@ -449,7 +475,8 @@ impl SimulatedNode {
             "netns",
             netns.name(),
         ]);
-        self.node.ip(&["link", "set", &host_veth, "up"]);
+        self.node.ip(&add);
+        self.node.ip(&["link", "set", host_veth, "up"]);
         self.node
             .sysctl(&format!("net.ipv4.conf.{host_veth}.proxy_arp"), "1");
         // Answer the pod's ARP for the gateway at once (the default delays up to 0.8 s,
@@ -457,7 +484,7 @@ impl SimulatedNode {
         self.node
             .sysctl(&format!("net.ipv4.neigh.{host_veth}.proxy_delay"), "0");
         self.node
-            .ip(&["route", "add", &format!("{ip}/32"), "dev", &host_veth]);
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", host_veth]);
         netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         netns.ip(&["link", "set", "eth0", "up"]);
         netns.ip(&[
@@ -478,12 +505,6 @@ impl SimulatedNode {
             "dev",
             "eth0",
         ]);
-        self.pods.push(Pod {
-            netns,
-            ip: ip.parse().expect("pod address"),
-            host_veth,
-        });
-        index
     }
 
     /// kube-proxy's part: DNAT `vip:port` (TCP and UDP) to `backend:port`, for forwarded and

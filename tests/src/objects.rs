@@ -63,6 +63,13 @@ pub fn start_agent(
     agent
 }
 
+/// `kube-system/eni-config` with `disable_network_policy` set to `value`, as YAML.
+pub fn eni_config(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: eni-config\n  namespace: kube-system\ndata:\n  disable_network_policy: \"{value}\"\n"
+    )
+}
+
 /// Polls `check` every 50 ms until it holds or `timeout` passes; returns how long it took.
 pub fn within(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

@@ -3,10 +3,13 @@
 //! not a socket would accept it.
 
 use std::{
-    net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    io::Read as _,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::netns::Netns;
 
@@ -158,59 +161,27 @@ fn transport_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) ->
 pub fn send(netns: &Netns, packets: &[Vec<u8>]) {
     netns.run(|| {
         for packet in packets {
-            let ipv6 = packet[0] >> 4 == 6;
-            let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
-            // SAFETY: plain socket(2); the descriptor is owned at once.
-            let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: `fd` is a new descriptor nobody else owns.
-            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-            let sent = if ipv6 {
-                // SAFETY: a zeroed sockaddr_in6 is valid; the fields set are plain data.
-                let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-                addr.sin6_family = libc::AF_INET6 as u16;
-                addr.sin6_addr.s6_addr.copy_from_slice(&packet[24..40]);
-                // SAFETY: buffer and address are valid for the lengths given.
-                unsafe {
-                    libc::sendto(
-                        socket.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                    )
-                }
+            let (domain, dst) = if packet[0] >> 4 == 6 {
+                let dst: [u8; 16] = packet[24..40].try_into().expect("IPv6 header");
+                (Domain::IPV6, IpAddr::from(dst))
             } else {
-                // SAFETY: as above.
-                let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-                addr.sin_family = libc::AF_INET as u16;
-                addr.sin_addr.s_addr =
-                    u32::from_ne_bytes([packet[16], packet[17], packet[18], packet[19]]);
-                // SAFETY: as above.
-                unsafe {
-                    libc::sendto(
-                        socket.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                }
+                let dst: [u8; 4] = packet[16..20].try_into().expect("IPv4 header");
+                (Domain::IPV4, IpAddr::from(dst))
             };
-            assert!(
-                sent == packet.len() as isize,
-                "raw send: {}",
-                std::io::Error::last_os_error()
-            );
+            // IPPROTO_RAW: the packet carries its own IP header, any source included.
+            let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+                .expect("raw socket");
+            let sent = socket
+                .send_to(packet, &SockAddr::from(SocketAddr::new(dst, 0)))
+                .expect("raw send");
+            assert_eq!(sent, packet.len(), "raw send");
         }
     });
 }
 
 /// Counts IP packets arriving on an interface of a namespace (an AF_PACKET socket).
 pub struct Counter {
-    socket: OwnedFd,
+    socket: Socket,
 }
 
 /// What a delivered packet is, as far as the tests ask.
@@ -227,19 +198,17 @@ impl Counter {
         let iface = iface.to_owned();
         let socket = netns.run(move || {
             let protocol = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: plain socket(2).
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-            assert!(
-                fd >= 0,
-                "packet socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: `fd` is new and ours.
-            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            let socket = Socket::new(
+                Domain::PACKET,
+                Type::RAW,
+                Some(Protocol::from(i32::from(protocol))),
+            )
+            .expect("packet socket");
             let name = std::ffi::CString::new(iface).expect("interface name");
             // SAFETY: NUL-terminated name.
             let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
             assert!(index != 0, "no interface {name:?}");
+            // Only this interface's packets: socket2 has no sockaddr_ll, so bind(2) itself.
             // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain data.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
@@ -254,20 +223,9 @@ impl Counter {
                 )
             };
             assert!(bound == 0, "bind: {}", std::io::Error::last_os_error());
-            let timeout = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            // SAFETY: the option value is a valid timeval.
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&raw const timeout).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                );
-            }
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("receive timeout");
             socket
         });
         Self { socket }
@@ -278,20 +236,11 @@ impl Counter {
         let deadline = Instant::now() + wait;
         let mut seen = Vec::new();
         let mut frame = [0u8; 2048];
+        let mut reader = &self.socket;
         while Instant::now() < deadline {
-            // SAFETY: the buffer is valid for its length.
-            let len = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    frame.as_mut_ptr().cast(),
-                    frame.len(),
-                    0,
-                )
-            };
-            if len < 0 {
-                continue;
-            }
-            if let Some(packet) = parse(&frame[..len as usize]) {
+            if let Ok(len) = reader.read(&mut frame)
+                && let Some(packet) = parse(&frame[..len])
+            {
                 seen.push(packet);
             }
         }

@@ -21,8 +21,6 @@ pub struct FakeBackend {
     pub converged: usize,
     /// The next this many `converge` and `apply` calls fail without writing anything.
     pub failures: usize,
-    /// Endpoints written "not programmed" (cleared by a converge).
-    pub not_programmed: BTreeSet<Addr>,
 }
 
 impl FakeBackend {
@@ -42,7 +40,6 @@ impl Backend for FakeBackend {
 
     fn converge(&mut self, state: &NodeState, pods: &PodInterfaces) -> Result<(), BackendError> {
         self.injected_failure()?;
-        self.not_programmed.clear();
         self.state = state.clone();
         self.pods = pods.clone();
         self.converged += 1;
@@ -61,12 +58,9 @@ impl Backend for FakeBackend {
         endpoints: &BTreeMap<Addr, Endpoint>,
         _pods: &PodInterfaces,
     ) -> Result<(), BackendError> {
-        for (addr, endpoint) in endpoints {
-            self.state
-                .endpoints
-                .insert(*addr, crate::backend::not_programmed(endpoint));
-            self.not_programmed.insert(*addr);
-        }
+        self.state
+            .endpoints
+            .extend(crate::backend::not_programmed(endpoints));
         Ok(())
     }
 

@@ -109,12 +109,18 @@ pub trait Backend {
     fn usage(&self) -> Result<Vec<MapUsage>, BackendError>;
 }
 
-/// What a "not programmed" endpoint holds: its id, isolated both ways, the empty set.
-pub fn not_programmed(endpoint: &Endpoint) -> Endpoint {
-    Endpoint {
-        flags: FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED | FLAG_NOT_PROGRAMMED,
-        ingress_set: SET_EMPTY,
-        egress_set: SET_EMPTY,
-        ..*endpoint
-    }
+/// `endpoints` as [`Backend::fail_closed`] writes them: each keeps its id, and is isolated
+/// both ways with the empty set.
+pub fn not_programmed(
+    endpoints: &BTreeMap<Addr, Endpoint>,
+) -> impl Iterator<Item = (Addr, Endpoint)> + '_ {
+    endpoints.iter().map(|(addr, endpoint)| {
+        let endpoint = Endpoint {
+            flags: FLAG_INGRESS_ISOLATED | FLAG_EGRESS_ISOLATED | FLAG_NOT_PROGRAMMED,
+            ingress_set: SET_EMPTY,
+            egress_set: SET_EMPTY,
+            ..*endpoint
+        };
+        (*addr, endpoint)
+    })
 }

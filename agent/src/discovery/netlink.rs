@@ -62,7 +62,10 @@ pub(super) fn snapshot() -> Result<NodeInterfaces, DiscoveryError> {
                 }
                 Ok(None) => tracing::debug!("skipping a link without a name"),
                 Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "skipping a link message discovery cannot read")
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "skipping a link message discovery cannot read"
+                    )
                 }
             }
         })?;
@@ -75,7 +78,10 @@ pub(super) fn snapshot() -> Result<NodeInterfaces, DiscoveryError> {
                 Ok(Some(route)) => routes.push(route),
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "skipping a route message discovery cannot read");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "skipping a route message discovery cannot read"
+                    );
                 }
             }
         })?;

@@ -120,7 +120,10 @@ where
         .set_non_blocking(true)
         .map_err(|source| DiscoveryError::Socket { source })?;
     if let Err(error) = socket.set_rx_buf_sz(WATCH_SOCKET_BUFFER) {
-        tracing::debug!(error = %crate::error_chain(&error), "keeping the default receive buffer for the watch socket");
+        tracing::debug!(
+            error = &error as &dyn std::error::Error,
+            "keeping the default receive buffer for the watch socket"
+        );
     }
     let (stop, stopped) = UnixStream::pair().map_err(|source| DiscoveryError::Spawn { source })?;
     let thread = std::thread::Builder::new()

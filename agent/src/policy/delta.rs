@@ -39,6 +39,30 @@ pub enum Op<'a> {
 }
 
 impl Delta {
+    /// The selected endpoints of `state` (the state this delta leads to) whose verdicts a
+    /// partial write of the delta can leave wrong: those whose entry it changes or whose
+    /// policy sets gain or lose entries, and every selected endpoint when it moves peer
+    /// classes (any set may name a class).
+    pub fn endpoints_at_stake(&self, state: &NodeState) -> BTreeMap<Addr, Endpoint> {
+        let classes_move = !self.ipcache_upserts.is_empty() || !self.ipcache_removals.is_empty();
+        let sets: BTreeSet<u32> = self
+            .policy_upserts
+            .keys()
+            .chain(&self.policy_removals)
+            .map(|key| key.key.set_id())
+            .collect();
+        state
+            .selected_endpoints()
+            .filter(|(addr, endpoint)| {
+                classes_move
+                    || self.endpoint_upserts.contains_key(*addr)
+                    || sets.contains(&endpoint.ingress_set)
+                    || sets.contains(&endpoint.egress_set)
+            })
+            .map(|(addr, endpoint)| (*addr, *endpoint))
+            .collect()
+    }
+
     /// The steps in the order that never exposes a state in which traffic is judged by
     /// entries that are not there yet:
     /// 1. rule table additions (so every id a packet may be credited to can be explained);

@@ -168,6 +168,15 @@ pub struct NodeState {
     pub rules: BTreeMap<u32, RuleRef>,
 }
 
+impl NodeState {
+    /// The endpoints a policy selects (isolated in some direction).
+    pub fn selected_endpoints(&self) -> impl Iterator<Item = (&Addr, &Endpoint)> {
+        self.endpoints
+            .iter()
+            .filter(|(_, endpoint)| endpoint.is_isolated())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,9 +73,17 @@ async fn watch<K>(
             Err(error) => {
                 // Every watcher error is retried by the backoff; a 403 needs a human (RBAC).
                 if is_forbidden(&error) {
-                    tracing::warn!(kind = kind.name(), error = %crate::error_chain(&error), "watch forbidden: check the agent's RBAC");
+                    tracing::warn!(
+                        kind = kind.name(),
+                        error = &error as &dyn std::error::Error,
+                        "watch forbidden: check the agent's RBAC"
+                    );
                 } else {
-                    tracing::debug!(kind = kind.name(), error = %crate::error_chain(&error), "watch failed; retrying");
+                    tracing::debug!(
+                        kind = kind.name(),
+                        error = &error as &dyn std::error::Error,
+                        "watch failed; retrying"
+                    );
                 }
                 SourceEvent::Problem {
                     reason: "watch_error",

@@ -66,7 +66,7 @@ pub async fn run(dir: PathBuf, events: mpsc::Sender<SourceEvent>) {
                 // The directory itself is unreadable: keep everything, say so once per change.
                 let detail = format!("cannot list {}: {error}", dir.display());
                 if reported.get(&dir) != Some(&detail) {
-                    tracing::warn!(dir = %dir.display(), error = %crate::error_chain(&error), "objects directory unreadable");
+                    tracing::warn!(dir = %dir.display(), error = &error as &dyn std::error::Error, "objects directory unreadable");
                     let _ = events
                         .send(SourceEvent::Problem {
                             reason: "unreadable_dir",

@@ -152,7 +152,7 @@ fn update_pinned_link(
                 iface,
                 program = hook.program,
                 pin = %pin.display(),
-                error = %crate::error_chain(&error),
+                error = &error as &dyn std::error::Error,
                 "the pinned tcx link is stale (its interface is gone); replacing it"
             );
             remove_pin(pin)?;

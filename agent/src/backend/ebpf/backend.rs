@@ -125,24 +125,12 @@ impl EbpfBackend {
     fn converge_maps(&mut self, state: &NodeState, pods: &PodInterfaces) -> Result<(), EbpfError> {
         let old_generation = self.generation;
         self.generation = old_generation ^ GENERATION_BIT;
-        // Leftovers of a convergence that died half-way use the generation we are about to
-        // write: clear them first, so no old entry is read under a new meaning.
-        self.remove_generation(self.generation, &BTreeSet::new())?;
-
-        let everything = Delta {
-            rules_added: state.rules.clone(),
-            policy_upserts: state.policy.clone(),
-            ipcache_upserts: state.ipcache.clone(),
-            endpoint_upserts: state.endpoints.clone(),
-            ..Delta::default()
-        };
-        self.rules.clear();
-        for op in everything.ops() {
-            self.write(op, pods)?;
+        if let Err(error) = self.write_generation(state, pods) {
+            // The switch did not happen: the endpoints still use the old generation, and the
+            // next converge clears this half-written one, never the one in use.
+            self.generation = old_generation;
+            return Err(error);
         }
-        let mut config = self.datapath.config()?;
-        config.generation = self.generation;
-        self.datapath.set_config(config)?;
 
         // Stale: endpoints and prefixes the state does not have, and every entry of the old
         // generation.
@@ -165,6 +153,32 @@ impl EbpfBackend {
             .collect();
         self.remove_generation(old_generation, &wanted)?;
         Ok(())
+    }
+
+    /// Writes the whole state with `self.generation` and records that generation as the one
+    /// in use.
+    fn write_generation(
+        &mut self,
+        state: &NodeState,
+        pods: &PodInterfaces,
+    ) -> Result<(), EbpfError> {
+        // Leftovers of a convergence that died half-way use the generation we are about to
+        // write: clear them first, so no old entry is read under a new meaning.
+        self.remove_generation(self.generation, &BTreeSet::new())?;
+        let everything = Delta {
+            rules_added: state.rules.clone(),
+            policy_upserts: state.policy.clone(),
+            ipcache_upserts: state.ipcache.clone(),
+            endpoint_upserts: state.endpoints.clone(),
+            ..Delta::default()
+        };
+        self.rules.clear();
+        for op in everything.ops() {
+            self.write(op, pods)?;
+        }
+        let mut config = self.datapath.config()?;
+        config.generation = self.generation;
+        self.datapath.set_config(config)
     }
 
     /// Removes policy entries of `generation` that are not `keep`.
@@ -190,20 +204,7 @@ impl Backend for EbpfBackend {
     }
 
     fn converge(&mut self, state: &NodeState, pods: &PodInterfaces) -> Result<(), BackendError> {
-        let generation = self.generation;
-        let result = self.converge_maps(state, pods);
-        if result.is_err() && self.generation != generation {
-            // The switch never happened: the endpoints still use `generation`. The next
-            // converge must clear the half-written other one, not the one in use.
-            let recorded = self
-                .datapath
-                .config()
-                .map(|config| config.generation & GENERATION_BIT);
-            if recorded.ok() != Some(self.generation) {
-                self.generation = generation;
-            }
-        }
-        Ok(result?)
+        Ok(self.converge_maps(state, pods)?)
     }
 
     fn apply(&mut self, delta: &Delta, pods: &PodInterfaces) -> Result<(), BackendError> {
@@ -221,12 +222,12 @@ impl Backend for EbpfBackend {
         // Each one on its own: an endpoint that cannot be written (its map full) is no
         // endpoint to the programs, and dropped as such on its interface.
         let mut first_error = None;
-        for (addr, endpoint) in endpoints {
+        for (addr, endpoint) in crate::backend::not_programmed(endpoints) {
             let written = Endpoint {
-                ifindex: pods.get(addr).copied().unwrap_or(0),
-                ..crate::backend::not_programmed(endpoint)
+                ifindex: pods.get(&addr).copied().unwrap_or(0),
+                ..endpoint
             };
-            if let Err(error) = self.datapath.insert_endpoint(*addr, written) {
+            if let Err(error) = self.datapath.insert_endpoint(addr, written) {
                 first_error.get_or_insert(error);
             }
         }

@@ -193,7 +193,10 @@ impl IptablesBackend {
         if !batch.is_empty()
             && let Err(error) = run("ipset", &["restore"], Some(&batch))
         {
-            tracing::warn!(error = %crate::error_chain(&error), "removing stale ipsets failed; retried on the next full sync");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "removing stale ipsets failed; retried on the next full sync"
+            );
         }
         Ok(())
     }
@@ -313,11 +316,9 @@ impl Backend for IptablesBackend {
         _pods: &PodInterfaces,
     ) -> Result<(), BackendError> {
         // Their dispatch rules then jump to the empty set's chains, which drop everything new.
-        for (addr, endpoint) in endpoints {
-            self.state
-                .endpoints
-                .insert(*addr, crate::backend::not_programmed(endpoint));
-        }
+        self.state
+            .endpoints
+            .extend(crate::backend::not_programmed(endpoints));
         Ok(self.sync(true)?)
     }
 
