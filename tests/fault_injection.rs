@@ -98,11 +98,16 @@ impl Fixture {
 
     /// Pod object `name` for pod `index`, labelled `role`.
     fn write_pod(&self, index: usize, name: &str, role: &str) {
+        self.write_pod_labelled(index, name, &format!("role: {role}"));
+    }
+
+    /// Pod object `name` for pod `index` with `labels` (YAML, comma-separated `key: value`).
+    fn write_pod_labelled(&self, index: usize, name: &str, labels: &str) {
         let address = self.node.pods[index].ip;
         self.write(
             &format!("pod-{name}.yaml"),
             &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    role: {role}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: main\n    image: busybox\nstatus:\n  phase: Running\n  podIP: {address}\n  podIPs:\n  - ip: {address}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{{labels}}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: main\n    image: busybox\nstatus:\n  phase: Running\n  podIP: {address}\n  podIPs:\n  - ip: {address}\n"
             ),
         );
     }
@@ -613,4 +618,196 @@ fn pod_churn_leaves_pins_for_existing_interfaces_only_and_a_quiet_log() {
     let log = agent.log_text();
     assert_eq!(log.matches("detaching failed").count(), 0, "{log}");
     assert_eq!(pins(), 3);
+}
+
+/// An iperf3 server in a pod, serving one test; killed on drop.
+struct Iperf3Server(std::process::Child);
+
+impl Iperf3Server {
+    fn start(fixture: &Fixture, pod: usize) -> Self {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", fixture.node.pods[pod].netns.name()])
+            .args(["iperf3", "--server", "--one-off", "--port", "5201"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3 runs (cargo xtask setup installs it)");
+        Self(child)
+    }
+}
+
+impl Drop for Iperf3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Streams both ways for `seconds` from pod `client` to pod `server`; returns the bytes the
+/// server received and the bytes the client received.
+fn bidirectional_stream(
+    fixture: &Fixture,
+    client: usize,
+    server: usize,
+    seconds: u32,
+) -> (f64, f64) {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", fixture.node.pods[client].netns.name()])
+        .args(["iperf3", "--json", "--bidir", "--port", "5201"])
+        .args(["--client", &fixture.node.pods[server].ip.to_string()])
+        .args(["--time", &seconds.to_string()])
+        .output()
+        .expect("iperf3 runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "iperf3 client {client} -> {server}: {report}"
+    );
+    let received = |key: &str| -> f64 {
+        let at = report
+            .find(&format!("\"{key}\""))
+            .unwrap_or_else(|| panic!("{key}: {report}"));
+        let bytes = &report[at..];
+        let bytes = &bytes[bytes.find("\"bytes\":").expect("bytes") + 8..];
+        let end = bytes.find(',').expect("bytes value");
+        bytes[..end].trim().parse().expect("bytes number")
+    };
+    (
+        received("sum_received"),
+        received("sum_received_bidir_reverse"),
+    )
+}
+
+/// Allowed connections keep every packet, whichever of their ends is isolated in which
+/// direction: four client pods (isolated in no direction, ingress, egress, both; egress
+/// allowing the servers) each stream both ways at once to a server pod whose ingress allows
+/// them. Before the fix, a client isolated for ingress dropped dozens of the server's packets
+/// a second as `policy`: the programs on the two CPUs refresh one conntrack entry, and a
+/// lookup that read the clock just before the other CPU refreshed saw a timestamp from its
+/// "future", which the unsigned age turned into "expired".
+#[test]
+fn allowed_streams_lose_no_packet_in_any_isolation_combination() {
+    if !require_root("allowed_streams_lose_no_packet_in_any_isolation_combination") {
+        return;
+    }
+    const SECONDS: u32 = 30;
+    for backend in ["ebpf", "iptables"] {
+        let fixture = Fixture::new(
+            "streams",
+            &[
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4",
+                "10.244.1.5",
+                "10.244.1.10",
+                "10.244.1.11",
+                "10.244.1.12",
+                "10.244.1.13",
+            ],
+        );
+        for (index, isolated) in ["none", "ingress", "egress", "both"].iter().enumerate() {
+            fixture.write_pod_labelled(
+                index,
+                &format!("client-{isolated}"),
+                &format!("kind: client, isolated: {isolated}"),
+            );
+            fixture.write_pod_labelled(index + 4, &format!("server-{index}"), "kind: server");
+        }
+        let policy = |name: &str, selected: &str, types: &str, rules: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  podSelector:\n{selected}  policyTypes: [{types}]\n{rules}"
+            )
+        };
+        let isolated_in = |values: &str| {
+            format!(
+                "    matchExpressions:\n    - {{key: isolated, operator: In, values: [{values}]}}\n"
+            )
+        };
+        fixture.write(
+            "servers.yaml",
+            &policy(
+                "servers-allow-clients",
+                "    matchLabels: {kind: server}\n",
+                "Ingress",
+                "  ingress:\n  - from:\n    - podSelector: {matchLabels: {kind: client}}\n",
+            ),
+        );
+        fixture.write(
+            "clients-ingress.yaml",
+            &policy(
+                "clients-deny-ingress",
+                &isolated_in("ingress, both"),
+                "Ingress",
+                "",
+            ),
+        );
+        fixture.write(
+            "clients-egress.yaml",
+            &policy(
+                "clients-egress-to-servers",
+                &isolated_in("egress, both"),
+                "Egress",
+                "  egress:\n  - to:\n    - podSelector: {matchLabels: {kind: server}}\n",
+            ),
+        );
+        let agent = fixture.start(&["--backend", backend], None);
+        // Enforced: server-0, taken out of the servers and isolated like a client, refuses
+        // the clients; back among the servers, it allows them again.
+        fixture.write_pod_labelled(4, "server-0", "kind: retired, isolated: both");
+        assert_denied(
+            &fixture,
+            1,
+            &[4],
+            &format!("{backend}: server-0 now isolated"),
+        );
+        fixture.write_pod_labelled(4, "server-0", "kind: server");
+        assert!(
+            within(STEP_TIMEOUT, || fixture.probe(1, 4)).is_some(),
+            "{backend}: server-0 allows the clients again"
+        );
+        let denied = || {
+            let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+            metric(&metrics, "netpol_denied_packets_total")
+        };
+        // Counters reach /metrics on the 5 s resync: settle before the baseline.
+        std::thread::sleep(COUNTERS_TIMEOUT / 2);
+        let before = denied();
+
+        let servers: Vec<_> = (4..8)
+            .map(|pod| Iperf3Server::start(&fixture, pod))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let received = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|client| {
+                    let fixture = &fixture;
+                    scope.spawn(move || bidirectional_stream(fixture, client, client + 4, SECONDS))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("stream thread"))
+                .collect::<Vec<_>>()
+        });
+        drop(servers);
+        for (client, (forward, reverse)) in received.iter().enumerate() {
+            assert!(
+                *forward > 1e6 && *reverse > 1e6,
+                "{backend}: client {client} streamed {forward} and {reverse} bytes"
+            );
+        }
+        std::thread::sleep(COUNTERS_TIMEOUT / 2);
+        let dropped = denied() - before;
+        let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+        assert_eq!(
+            dropped,
+            0.0,
+            "{backend}: packets of allowed connections dropped: {}",
+            metrics
+                .lines()
+                .filter(|line| line.starts_with("netpol_denied_packets_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }

@@ -27,7 +27,9 @@ pub fn lookup_live(key: &CtKey, protocol: u8, now: u64, config: &Config) -> Opti
     // concurrent writers only store whole fields.
     let (last_seen, flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
     let timeout = timeout_ns(protocol, flags, config);
-    if now.wrapping_sub(last_seen) > timeout {
+    // Another CPU may have refreshed the entry after this one read the clock: a `last_seen`
+    // "after" `now` is live, not an age near 2^64.
+    if now.saturating_sub(last_seen) > timeout {
         return None;
     }
     Some(entry)

@@ -37,7 +37,8 @@ pub fn forget_first(packet: &Packet) {
 pub fn first_passed(packet: &Packet, now: u64) -> bool {
     // SAFETY: plain data copied out at once.
     match unsafe { NP_FRAGS.get(&key_of(packet)) } {
-        Some(entry) => now.wrapping_sub(entry.first_seen_ns) <= FRAG_TIMEOUT_NS,
+        // A first fragment recorded on another CPU after this one read the clock is recent.
+        Some(entry) => now.saturating_sub(entry.first_seen_ns) <= FRAG_TIMEOUT_NS,
         None => false,
     }
 }

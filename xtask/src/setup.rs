@@ -26,6 +26,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ipset", "the iptables backend"),
     ("socat", "test servers and probes"),
     (
+        "iperf3",
+        "bulk streams through allowed connections (fault-injection suite)",
+    ),
+    (
         "qemu-system-x86",
         "`cargo xtask vm`: boots the Debian kernels of the matrix (TCG)",
     ),
