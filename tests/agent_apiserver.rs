@@ -8,164 +8,26 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
-    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use netpol_tests::{
     agent::{Agent, AgentOptions},
-    apiserver::{ApiServer, Who},
+    apiserver::{NodeApiServer, Who, apply_rbac, documents},
     require_root,
     scenarios::{NODE, PODS, World, await_step, scenarios},
 };
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An API server run from a thread in the node's namespace that lives as long as this guard:
-/// its processes are tied to the thread that started them (parent-death signal) and must
-/// listen on the node's loopback, where the agent connects.
-struct NodeApiServer {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    admin: PathBuf,
-    agent: PathBuf,
-    dir: PathBuf,
-}
-
-impl NodeApiServer {
-    fn start(world: &World) -> Self {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let thread = world.node.node.spawn(move || {
-            let server = match ApiServer::start() {
-                Ok(server) => server,
-                Err(error) => {
-                    let _ = ready_tx.send(Err(format!("{error:#}")));
-                    return;
-                }
-            };
-            let paths = (
-                server.kubeconfig(Who::Admin),
-                server.kubeconfig(Who::Agent),
-                server.dir().to_owned(),
-            );
-            let _ = ready_tx.send(Ok(paths));
-            let _ = stop_rx.recv();
-            drop(server);
-        });
-        let (admin, agent, dir) = ready_rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the API server thread answers")
-            .unwrap_or_else(|error| panic!("the API server starts: {error}"));
-        Self {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            admin,
-            agent,
-            dir,
-        }
-    }
-
-    fn kubeconfig(&self, who: Who) -> &Path {
-        match who {
-            Who::Admin => &self.admin,
-            Who::Agent => &self.agent,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for NodeApiServer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Runs `f` with an API client as `who`, on a thread in the node's namespace.
-fn with_api<R: Send>(
-    world: &World,
-    server: &NodeApiServer,
-    who: Who,
-    f: impl AsyncFnOnce(Client) -> R + Send,
-) -> R {
-    let kubeconfig = server.kubeconfig(who).to_owned();
-    world.node.node.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        runtime.block_on(async {
-            let kubeconfig = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-            let config =
-                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .expect("client config");
-            let client = Client::try_from(config).expect("an API client");
-            f(client).await
-        })
-    })
-}
-
-/// The documents of `kind` in a multi-document YAML text.
-fn documents<T: DeserializeOwned>(text: &str, kind: &str) -> Vec<T> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|document| {
-            <serde_yaml::Value as serde::Deserialize>::deserialize(document).expect("valid YAML")
-        })
-        .filter(|value| value.get("kind").and_then(|k| k.as_str()) == Some(kind))
-        .map(|value| serde_yaml::from_value(value).expect("a valid object"))
-        .collect()
-}
-
-/// Applies `deploy/rbac.yaml`: what the agent may read.
-async fn apply_rbac(admin: Client) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
-    let text = std::fs::read_to_string(&path).expect("deploy/rbac.yaml");
-    let post = PostParams::default();
-    for role in documents::<ClusterRole>(&text, "ClusterRole") {
-        Api::<ClusterRole>::all(admin.clone())
-            .create(&post, &role)
-            .await
-            .expect("ClusterRole");
-    }
-    for binding in documents::<ClusterRoleBinding>(&text, "ClusterRoleBinding") {
-        Api::<ClusterRoleBinding>::all(admin.clone())
-            .create(&post, &binding)
-            .await
-            .expect("ClusterRoleBinding");
-    }
-    for role in documents::<Role>(&text, "Role") {
-        Api::<Role>::namespaced(admin.clone(), "kube-system")
-            .create(&post, &role)
-            .await
-            .expect("Role");
-    }
-    for binding in documents::<RoleBinding>(&text, "RoleBinding") {
-        Api::<RoleBinding>::namespaced(admin.clone(), "kube-system")
-            .create(&post, &binding)
-            .await
-            .expect("RoleBinding");
-    }
-}
 
 /// The world's namespaces and pods, with pod status patched in as a kubelet would.
 async fn create_cluster(admin: Client) {
@@ -258,8 +120,8 @@ fn the_four_seed_scenarios_hold_through_a_real_api_server() {
         return;
     }
     let world = World::build();
-    let server = NodeApiServer::start(&world);
-    with_api(&world, &server, Who::Admin, async |admin| {
+    let server = NodeApiServer::start(&world.node.node);
+    server.with_api(Who::Admin, async |admin| {
         apply_rbac(admin.clone()).await;
         create_cluster(admin).await;
     });
@@ -285,7 +147,7 @@ fn the_four_seed_scenarios_hold_through_a_real_api_server() {
     for scenario in scenarios() {
         for step in &scenario.steps {
             let written = Instant::now();
-            with_api(&world, &server, Who::Admin, async |admin| {
+            server.with_api(Who::Admin, async |admin| {
                 apply_policies(admin, &step.files, &mut created).await;
             });
             let result = await_step(&world, step, written, STEP_TIMEOUT);

@@ -47,7 +47,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Watch the cluster and enforce NetworkPolicy on this node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove every program, filter, link and pinned map the agent installed.
     Cleanup(CleanupArgs),
 }
@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Attach with tc netlink (clsact) even where tcx is available.
     #[arg(long)]
     pub legacy_tc: bool,
+    /// Seconds a watch of the API server may fail before /readyz fails (enforcement goes on
+    /// with the last state known meanwhile).
+    #[arg(long, default_value_t = 60)]
+    pub stale_after_seconds: u64,
     /// Pretend the kernel is this version when choosing the backend (tests).
     #[arg(long, hide = true)]
     pub assume_kernel: Option<String>,
@@ -137,6 +141,7 @@ pub struct RunConfig {
     pub uplinks: Option<Vec<String>>,
     pub load: LoadOptions,
     pub assume_kernel: Option<KernelVersion>,
+    pub stale_after: std::time::Duration,
 }
 
 impl RunArgs {
@@ -189,6 +194,7 @@ impl RunArgs {
                 attach_mode,
             },
             assume_kernel,
+            stale_after: std::time::Duration::from_secs(self.stale_after_seconds),
         })
     }
 }
@@ -281,23 +287,45 @@ pub async fn run(config: RunConfig) -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(1024);
-    match config.source.clone() {
+    let source = match config.source.clone() {
         SourceChoice::ObjectsDir(dir) => {
             tracing::info!(dir = %dir.display(), "reading objects from a directory");
-            tokio::spawn(source::objects_dir::run(dir, events_tx));
+            tokio::spawn(async move {
+                source::objects_dir::run(dir, events_tx).await;
+                Ok(())
+            })
         }
         SourceChoice::Kube(kubeconfig) => {
             let client = kube_client(kubeconfig).await?;
-            tokio::spawn(source::kube::run(client, events_tx));
+            tokio::spawn(async move {
+                source::kube::run(client, events_tx).await;
+                Ok(())
+            })
         }
-    }
+    };
 
     let (interfaces_tx, interfaces_rx) = watch::channel(());
-    let _watcher = discovery::watch(std::time::Duration::from_millis(100), move |_| {
-        interfaces_tx.send_replace(());
-        std::ops::ControlFlow::Continue(())
-    })
+    let (watcher_failed_tx, mut watcher_failed) = mpsc::unbounded_channel();
+    let _watcher = discovery::watch(
+        std::time::Duration::from_millis(100),
+        move |event| match event {
+            discovery::WatchEvent::Changed => {
+                interfaces_tx.send_replace(());
+                std::ops::ControlFlow::Continue(())
+            }
+            discovery::WatchEvent::Failed(error) => {
+                let _ = watcher_failed_tx.send(error);
+                std::ops::ControlFlow::Break(())
+            }
+        },
+    )
     .context("watching interfaces over netlink")?;
+    let interface_watcher = tokio::spawn(async move {
+        match watcher_failed.recv().await {
+            Some(error) => Err(anyhow::Error::new(error)),
+            None => Ok(()),
+        }
+    });
 
     let server = {
         let metrics = Arc::clone(&metrics);
@@ -307,9 +335,9 @@ pub async fn run(config: RunConfig) -> Result<()> {
             let stop = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = metrics::serve(listen, metrics, stop).await {
-                tracing::error!(%listen, error = &error as &dyn std::error::Error, "the HTTP endpoint failed");
-            }
+            metrics::serve(listen, metrics, stop)
+                .await
+                .with_context(|| format!("serving on {listen}"))
         })
     };
 
@@ -324,6 +352,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 ObjectKind::NetworkPolicy,
                 ObjectKind::ConfigMap,
             ]),
+            stale_after: config.stale_after,
         },
         backend,
         Arc::clone(&metrics),
@@ -334,15 +363,64 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(agent_common::PIN_DIR));
     let runtime = runtime.with_handover(handover(backend_choice, pin_dir));
-    let runtime = tokio::spawn(runtime.run(events_rx, interfaces_rx, shutdown_rx));
+    let runtime = tokio::spawn(async move {
+        runtime.run(events_rx, interfaces_rx, shutdown_rx).await;
+        Ok(())
+    });
 
-    wait_for_signal().await;
-    tracing::info!("stopping; enforcement stays in place (`netpol-agent cleanup` removes it)");
+    let mut tasks = [
+        ("the runtime", runtime),
+        ("the cluster source", source),
+        ("the link and route watcher", interface_watcher),
+        ("the HTTP endpoint", server),
+    ];
+    let death = supervise(wait_for_signal(), &mut tasks).await;
     let _ = shutdown_tx.send(true);
+    if let Some(reason) = death {
+        metrics.set_dead(reason.clone());
+        tracing::error!(
+            reason,
+            "a core task died: exiting for a restart; enforcement stays in place meanwhile"
+        );
+        bail!("{reason}");
+    }
+    tracing::info!("stopping; enforcement stays in place (`netpol-agent cleanup` removes it)");
+    let [(_, runtime), ..] = tasks;
     let _ = runtime.await;
-    let _ = server.await;
     drop(event_thread);
     Ok(())
+}
+
+/// A task meant to run for the life of the process.
+type CoreTask = (&'static str, tokio::task::JoinHandle<Result<()>>);
+
+/// Waits for `stop`, or for one of `tasks` to end: then returns why it ended (a panic, an
+/// error, or just ending: all are deaths).
+async fn supervise(
+    stop: impl std::future::Future<Output = ()>,
+    tasks: &mut [CoreTask],
+) -> Option<String> {
+    let ended = futures::future::select_all(tasks.iter_mut().map(|(_, handle)| handle));
+    tokio::select! {
+        () = stop => None,
+        (ended, index, _) = ended => {
+            let task = tasks[index].0;
+            Some(match ended {
+                Ok(Ok(())) => format!("{task} stopped"),
+                Ok(Err(error)) => format!("{task} failed: {error:#}"),
+                Err(error) if error.is_panic() => {
+                    let payload = error.into_panic();
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".to_owned());
+                    format!("{task} panicked: {message}")
+                }
+                Err(error) => format!("{task} was cancelled: {error}"),
+            })
+        }
+    }
 }
 
 async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
@@ -497,5 +575,42 @@ mod tests {
             KernelVersion::new(5, 10, 3)
         );
         assert!(parse_kernel_version("five").is_err());
+    }
+
+    fn forever() -> tokio::task::JoinHandle<Result<()>> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_core_task_is_a_death_with_its_message() {
+        let mut tasks = [
+            ("the runtime", tokio::spawn(async { panic!("boom") })),
+            ("the HTTP endpoint", forever()),
+        ];
+        let death = supervise(std::future::pending(), &mut tasks).await;
+        assert_eq!(death.as_deref(), Some("the runtime panicked: boom"));
+    }
+
+    #[tokio::test]
+    async fn a_core_task_that_ends_or_fails_is_a_death_and_a_signal_is_not() {
+        let mut tasks = [
+            ("the cluster source", tokio::spawn(async { Ok(()) })),
+            ("the runtime", forever()),
+        ];
+        let death = supervise(std::future::pending(), &mut tasks).await;
+        assert_eq!(death.as_deref(), Some("the cluster source stopped"));
+
+        let mut tasks = [(
+            "the link and route watcher",
+            tokio::spawn(async { Err(anyhow::anyhow!("socket closed")) }),
+        )];
+        let death = supervise(std::future::pending(), &mut tasks).await;
+        assert_eq!(
+            death.as_deref(),
+            Some("the link and route watcher failed: socket closed")
+        );
+
+        let mut tasks = [("the runtime", forever())];
+        assert_eq!(supervise(async {}, &mut tasks).await, None);
     }
 }

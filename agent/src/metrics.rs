@@ -20,7 +20,10 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::backend::{Counters, MapUsage};
+use crate::{
+    backend::{Counters, MapUsage},
+    source::ObjectKind,
+};
 
 /// Upper bounds (seconds) of the change-to-programmed latency histogram.
 const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -53,6 +56,8 @@ struct Inner {
     endpoints: u64,
     endpoints_without_interface: u64,
     endpoints_not_enforced: BTreeMap<NotEnforced, u64>,
+    sources_failing: BTreeMap<ObjectKind, Duration>,
+    dead: Option<String>,
     not_ready_reason: String,
     switch_off_by_odd_value: u64,
     programming_errors: BTreeMap<&'static str, u64>,
@@ -115,9 +120,24 @@ impl Metrics {
         self.with(|inner| inner.endpoints_not_enforced = counts);
     }
 
+    /// Kinds whose watch is failing, and for how long.
+    pub fn set_sources_failing(&self, failing: BTreeMap<ObjectKind, Duration>) {
+        self.with(|inner| inner.sources_failing = failing);
+    }
+
     /// `disable_network_policy` turned enforcement off with a value other than "true" or "1".
     pub fn count_switch_off_by_odd_value(&self) {
         self.with(|inner| inner.switch_off_by_odd_value += 1);
+    }
+
+    /// A core task died: `/healthz` fails from now on (the process is about to exit).
+    pub fn set_dead(&self, reason: String) {
+        self.with(|inner| inner.dead = Some(reason));
+    }
+
+    /// Why `/healthz` fails, if it does.
+    pub fn dead_reason(&self) -> Option<String> {
+        self.with(|inner| inner.dead.clone())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -239,6 +259,10 @@ impl Metrics {
             counter(&mut out, "netpol_programming_errors_total", "Failed backend operations, by operation.");
             for (what, count) in &inner.programming_errors {
                 let _ = writeln!(out, "netpol_programming_errors_total{{operation=\"{what}\"}} {count}");
+            }
+            gauge(&mut out, "netpol_source_failing_seconds", "How long the watch of a kind has been failing (kinds whose watch works are absent).");
+            for (kind, failing) in &inner.sources_failing {
+                let _ = writeln!(out, "netpol_source_failing_seconds{{kind=\"{}\"}} {}", kind.name(), failing.as_secs());
             }
             gauge(&mut out, "netpol_endpoints", "Local pods enforced on this node.");
             let _ = writeln!(out, "netpol_endpoints {}", inner.endpoints);
@@ -363,14 +387,18 @@ pub async fn serve(
                 return;
             };
             let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_owned()),
-                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
-                "/readyz" => (
+            let dead = metrics.dead_reason();
+            let (status, body) = match (path, dead) {
+                ("/healthz", Some(reason)) => {
+                    ("503 Service Unavailable", format!("dead: {reason}\n"))
+                }
+                ("/healthz", None) => ("200 OK", "ok\n".to_owned()),
+                ("/readyz", _) if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
+                ("/readyz", _) => (
                     "503 Service Unavailable",
                     format!("not ready: {}\n", metrics.not_ready_reason()),
                 ),
-                "/metrics" => ("200 OK", metrics.render()),
+                ("/metrics", _) => ("200 OK", metrics.render()),
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(

@@ -53,6 +53,9 @@ pub struct RuntimeConfig {
     pub service_ranges: Vec<(IpAddr, u8)>,
     /// The kinds whose first list must complete before anything is programmed.
     pub kinds: BTreeSet<ObjectKind>,
+    /// How long a kind's watch may fail before the agent stops calling itself ready: what it
+    /// enforces may no longer be what the cluster says.
+    pub stale_after: Duration,
 }
 
 /// The cluster objects as the sources last described them.
@@ -97,6 +100,8 @@ pub struct Runtime<B: Backend> {
     handover: Option<Box<dyn FnOnce() + Send>>,
     /// Pins of interfaces gone before this agent started have been looked for.
     pins_swept: bool,
+    /// Kinds whose watch is failing: since when, and the last error.
+    failing_sources: BTreeMap<ObjectKind, (Instant, String)>,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -127,6 +132,7 @@ impl<B: Backend> Runtime<B> {
             switch_value: None,
             handover: None,
             pins_swept: false,
+            failing_sources: BTreeMap::new(),
         }
     }
 
@@ -191,6 +197,8 @@ impl<B: Backend> Runtime<B> {
                 _ = resync.tick() => {
                     self.reconcile_interfaces();
                     self.publish_datapath();
+                    // Sources go stale with time alone.
+                    self.update_readiness();
                 }
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
@@ -246,6 +254,17 @@ impl<B: Backend> Runtime<B> {
                     }
                 }
                 objects.listed.insert(kind);
+            }
+            SourceEvent::Failing { kind, detail } => {
+                self.metrics.count_source_problem("watch_error");
+                self.failing_sources
+                    .entry(kind)
+                    .and_modify(|(_, last)| last.clone_from(&detail))
+                    .or_insert_with(|| (Instant::now(), detail));
+            }
+            SourceEvent::Recovered(kind) => {
+                self.failing_sources.remove(&kind);
+                self.update_readiness();
             }
             SourceEvent::Problem { reason, detail } => {
                 tracing::debug!(reason, detail, "source problem");
@@ -373,8 +392,34 @@ impl<B: Backend> Runtime<B> {
                 *not_enforced.entry(reason).or_default() += 1;
             }
         }
+        let failing: BTreeMap<ObjectKind, Duration> = self
+            .failing_sources
+            .iter()
+            .map(|(kind, (since, _))| (*kind, since.elapsed()))
+            .collect();
+        let stale = self
+            .failing_sources
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= self.config.stale_after)
+            .map(|(kind, (since, error))| {
+                format!(
+                    "{} watch failing for {} s ({error})",
+                    kind.name(),
+                    since.elapsed().as_secs()
+                )
+            })
+            .collect::<Vec<_>>();
         let readiness = if self.engine.is_none() {
-            Err("waiting for the first list of every watched kind".to_owned())
+            let mut reason = "waiting for the first list of every watched kind".to_owned();
+            if !stale.is_empty() {
+                reason = format!("{reason}: {}", stale.join("; "));
+            }
+            Err(reason)
+        } else if !stale.is_empty() {
+            Err(format!(
+                "the cluster view may be stale: {}",
+                stale.join("; ")
+            ))
         } else if !self.in_sync {
             Err("the node does not hold the desired state (a write failed; retrying)".to_owned())
         } else if !not_enforced.is_empty() {
@@ -396,6 +441,7 @@ impl<B: Backend> Runtime<B> {
             }
         }
         self.metrics.set_endpoints_not_enforced(not_enforced);
+        self.metrics.set_sources_failing(failing);
         self.metrics.set_readiness(readiness);
     }
 
@@ -824,6 +870,7 @@ mod tests {
     use crate::backend::fake::FakeBackend;
 
     const NODE: &str = "node-1";
+    const STALE_AFTER: Duration = Duration::from_millis(300);
 
     fn runtime() -> Runtime<FakeBackend> {
         let config = RuntimeConfig {
@@ -835,6 +882,7 @@ mod tests {
                 ObjectKind::Pod,
                 ObjectKind::NetworkPolicy,
             ]),
+            stale_after: STALE_AFTER,
         };
         Runtime::new(config, FakeBackend::default(), Metrics::new())
     }
@@ -943,6 +991,48 @@ mod tests {
         assert!(
             runtime.metrics.is_ready(),
             "ready once a later converge succeeds: {}",
+            runtime.metrics.not_ready_reason()
+        );
+    }
+
+    #[test]
+    fn a_watch_failing_beyond_the_bound_makes_the_agent_not_ready_until_it_recovers() {
+        let mut runtime = runtime();
+        for event in initial_events(vec![pod("a", "10.244.1.10")]) {
+            runtime.handle(event);
+        }
+        runtime.reconcile();
+        assert!(runtime.metrics.is_ready());
+
+        runtime.handle(SourceEvent::Failing {
+            kind: ObjectKind::Pod,
+            detail: "pods is forbidden".to_owned(),
+        });
+        runtime.update_readiness();
+        assert!(
+            runtime.metrics.is_ready(),
+            "a failure shorter than the bound is a blip"
+        );
+        std::thread::sleep(STALE_AFTER);
+        runtime.update_readiness();
+        assert!(!runtime.metrics.is_ready(), "stale beyond the bound");
+        let reason = runtime.metrics.not_ready_reason();
+        assert!(
+            reason.contains("pod watch failing") && reason.contains("pods is forbidden"),
+            "{reason}"
+        );
+        assert!(
+            runtime
+                .metrics
+                .render()
+                .contains("netpol_source_failing_seconds{kind=\"pod\"}"),
+            "the failing kind is exported"
+        );
+
+        runtime.handle(SourceEvent::Recovered(ObjectKind::Pod));
+        assert!(
+            runtime.metrics.is_ready(),
+            "{}",
             runtime.metrics.not_ready_reason()
         );
     }

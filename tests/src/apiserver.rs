@@ -23,7 +23,10 @@ use std::{
     os::unix::{fs::DirBuilderExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -67,14 +70,14 @@ pub enum Who {
 /// A running etcd and kube-apiserver; dropping it stops both and removes their files.
 pub struct ApiServer {
     // Field order is drop order: the API server goes before its etcd, the files last.
-    apiserver: Server,
+    /// `None` while stopped ([`ApiServer::stop_apiserver`]).
+    apiserver: Option<Server>,
     etcd: Server,
+    apiserver_binary: PathBuf,
+    etcd_url: String,
+    port: u16,
     url: String,
-    ca_cert: PathBuf,
-    admin_token: String,
-    agent_token: String,
-    admin_kubeconfig: PathBuf,
-    agent_kubeconfig: PathBuf,
+    files: Files,
     dir: TempDir,
 }
 
@@ -95,31 +98,52 @@ impl ApiServer {
             "apiserver: etcd ready at {etcd_url} after {:.1?}",
             started.elapsed()
         );
-        let (apiserver, url) =
+        let (apiserver, port) =
             start_apiserver(&apiserver_binary, dir.path(), &files, &etcd_url, &etcd)?;
+        let url = format!("https://127.0.0.1:{port}");
         eprintln!(
             "apiserver: kube-apiserver ready at {url} after {:.1?}",
             started.elapsed()
         );
-        let Files {
-            ca_cert,
-            admin_token,
-            agent_token,
-            admin_kubeconfig,
-            agent_kubeconfig,
-            ..
-        } = files;
         Ok(Self {
-            apiserver,
+            apiserver: Some(apiserver),
             etcd,
+            apiserver_binary,
+            etcd_url,
+            port,
             url,
-            ca_cert,
-            admin_token,
-            agent_token,
-            admin_kubeconfig,
-            agent_kubeconfig,
+            files,
             dir,
         })
+    }
+
+    /// Kills kube-apiserver (etcd keeps the data): clients get "connection refused", and their
+    /// watches' resource versions are too old for the next server's cache (410 Gone).
+    pub fn stop_apiserver(&mut self) {
+        drop(self.apiserver.take());
+    }
+
+    /// Starts kube-apiserver again on its port and waits until it is ready.
+    pub fn start_apiserver_again(&mut self) -> Result<()> {
+        if self.apiserver.is_some() {
+            return Ok(());
+        }
+        let mut apiserver = spawn_apiserver(
+            &self.apiserver_binary,
+            self.dir.path(),
+            &self.files,
+            &self.etcd_url,
+            self.port,
+        )?;
+        if let Err(exit) = wait_for_apiserver(&mut apiserver, &self.files.admin_kubeconfig) {
+            bail!(
+                "kube-apiserver restarted on port {}: {exit}\n{}",
+                self.port,
+                apiserver.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        self.apiserver = Some(apiserver);
+        Ok(())
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -129,14 +153,14 @@ impl ApiServer {
 
     /// The PEM file of the CA that signed the serving certificate.
     pub fn ca_cert(&self) -> &Path {
-        &self.ca_cert
+        &self.files.ca_cert
     }
 
     /// The bearer token of `who`.
     pub fn token(&self, who: Who) -> &str {
         match who {
-            Who::Admin => &self.admin_token,
-            Who::Agent => &self.agent_token,
+            Who::Admin => &self.files.admin_token,
+            Who::Agent => &self.files.agent_token,
         }
     }
 
@@ -144,8 +168,8 @@ impl ApiServer {
     /// `--kubeconfig` or `KUBECONFIG`).
     pub fn kubeconfig(&self, who: Who) -> PathBuf {
         match who {
-            Who::Admin => self.admin_kubeconfig.clone(),
-            Who::Agent => self.agent_kubeconfig.clone(),
+            Who::Admin => self.files.admin_kubeconfig.clone(),
+            Who::Agent => self.files.agent_kubeconfig.clone(),
         }
     }
 
@@ -161,11 +185,11 @@ impl ApiServer {
 
     /// The server logs so far (for a test's own failure message).
     pub fn logs(&self) -> String {
-        format!(
-            "{}\n{}",
-            self.etcd.log_tail(LOG_TAIL_LINES),
-            self.apiserver.log_tail(LOG_TAIL_LINES)
-        )
+        let apiserver = match &self.apiserver {
+            Some(apiserver) => apiserver.log_tail(LOG_TAIL_LINES),
+            None => "(kube-apiserver stopped)".to_owned(),
+        };
+        format!("{}\n{apiserver}", self.etcd.log_tail(LOG_TAIL_LINES))
     }
 }
 
@@ -368,51 +392,20 @@ fn start_etcd(binary: &Path, dir: &Path) -> Result<(Server, String)> {
 }
 
 /// Starts kube-apiserver on a free loopback port, retrying with another if it was taken
-/// meanwhile, and writes the kubeconfigs. Returns the server and its URL.
+/// meanwhile, and writes the kubeconfigs. Returns the server and its port.
 fn start_apiserver(
     binary: &Path,
     dir: &Path,
     files: &Files,
     etcd_url: &str,
     etcd: &Server,
-) -> Result<(Server, String)> {
-    let cert_dir = dir.join("apiserver-certs");
+) -> Result<(Server, u16)> {
     for attempt in 1..=PORT_ATTEMPTS {
         let port = free_port()?;
-        let url = format!("https://127.0.0.1:{port}");
-        files.write_kubeconfigs(&url)?;
-        let mut cmd = Command::new(binary);
-        cmd.arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            // 1.20 still serves plain HTTP on 127.0.0.1:8080 unless told not to.
-            .arg("--insecure-port=0")
-            // Only for files it might generate; the serving cert is given.
-            .arg(format!("--cert-dir={}", cert_dir.display()))
-            .arg(format!("--tls-cert-file={}", files.serving_cert.display()))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                files.serving_key.display()
-            ))
-            .arg(format!("--token-auth-file={}", files.token_file.display()))
-            .arg("--authorization-mode=RBAC")
-            // No controller-manager creates default service accounts, which this plugin wants.
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg(format!(
-                "--service-account-key-file={}",
-                files.service_account_public.display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                files.service_account_private.display()
-            ))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-            .arg("--profiling=false");
-        let mut apiserver = Server::spawn("kube-apiserver", cmd, &dir.join("kube-apiserver.log"))?;
+        files.write_kubeconfigs(&format!("https://127.0.0.1:{port}"))?;
+        let mut apiserver = spawn_apiserver(binary, dir, files, etcd_url, port)?;
         match wait_for_apiserver(&mut apiserver, &files.admin_kubeconfig) {
-            Ok(()) => return Ok((apiserver, url)),
+            Ok(()) => return Ok((apiserver, port)),
             Err(Exit::PortTaken) if attempt < PORT_ATTEMPTS => {
                 eprintln!("apiserver: port {port} was taken; retrying");
             }
@@ -430,6 +423,49 @@ fn start_apiserver(
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// Starts kube-apiserver on `port` (not waiting for it).
+fn spawn_apiserver(
+    binary: &Path,
+    dir: &Path,
+    files: &Files,
+    etcd_url: &str,
+    port: u16,
+) -> Result<Server> {
+    let mut cmd = Command::new(binary);
+    cmd.arg(format!("--etcd-servers={etcd_url}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--secure-port={port}"))
+        // 1.20 still serves plain HTTP on 127.0.0.1:8080 unless told not to.
+        .arg("--insecure-port=0")
+        // Only for files it might generate; the serving cert is given.
+        .arg(format!(
+            "--cert-dir={}",
+            dir.join("apiserver-certs").display()
+        ))
+        .arg(format!("--tls-cert-file={}", files.serving_cert.display()))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            files.serving_key.display()
+        ))
+        .arg(format!("--token-auth-file={}", files.token_file.display()))
+        .arg("--authorization-mode=RBAC")
+        // No controller-manager creates default service accounts, which this plugin wants.
+        .arg("--disable-admission-plugins=ServiceAccount")
+        .arg(format!(
+            "--service-account-key-file={}",
+            files.service_account_public.display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            files.service_account_private.display()
+        ))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+        .arg("--profiling=false");
+    Server::spawn("kube-apiserver", cmd, &dir.join("kube-apiserver.log"))
 }
 
 /// Why a server did not become ready.
@@ -650,4 +686,207 @@ fn random_token() -> Result<String> {
 
 fn write(path: &Path, contents: &str) -> Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What the thread that owns a [`NodeApiServer`]'s processes is asked to do.
+enum ServerCommand {
+    StopApiserver(mpsc::Sender<()>),
+    StartApiserver(mpsc::Sender<Result<(), String>>),
+}
+
+/// An [`ApiServer`] run from a thread inside a network namespace (a simulated node), living as
+/// long as this guard: its processes are tied to the thread that started them (parent-death
+/// signal) and listen on that namespace's loopback, where an agent in it connects.
+pub struct NodeApiServer {
+    commands: Option<mpsc::Sender<ServerCommand>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    netns: String,
+    admin: PathBuf,
+    agent: PathBuf,
+    dir: PathBuf,
+}
+
+impl NodeApiServer {
+    pub fn start(netns: &crate::netns::Netns) -> Self {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (commands_tx, commands_rx) = mpsc::channel::<ServerCommand>();
+        let thread = netns.spawn(move || {
+            let mut server = match ApiServer::start() {
+                Ok(server) => server,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(format!("{error:#}")));
+                    return;
+                }
+            };
+            let paths = (
+                server.kubeconfig(Who::Admin),
+                server.kubeconfig(Who::Agent),
+                server.dir().to_owned(),
+            );
+            let _ = ready_tx.send(Ok(paths));
+            // Until the guard drops the sender.
+            while let Ok(command) = commands_rx.recv() {
+                match command {
+                    ServerCommand::StopApiserver(done) => {
+                        server.stop_apiserver();
+                        let _ = done.send(());
+                    }
+                    ServerCommand::StartApiserver(done) => {
+                        let started = server
+                            .start_apiserver_again()
+                            .map_err(|error| format!("{error:#}"));
+                        let _ = done.send(started);
+                    }
+                }
+            }
+        });
+        let (admin, agent, dir) = ready_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the API server thread answers")
+            .unwrap_or_else(|error| panic!("the API server starts: {error}"));
+        Self {
+            commands: Some(commands_tx),
+            thread: Some(thread),
+            netns: netns.name().to_owned(),
+            admin,
+            agent,
+            dir,
+        }
+    }
+
+    pub fn kubeconfig(&self, who: Who) -> &Path {
+        match who {
+            Who::Admin => &self.admin,
+            Who::Agent => &self.agent,
+        }
+    }
+
+    /// kube-apiserver's log (the current run's).
+    pub fn logs(&self) -> String {
+        fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default()
+    }
+
+    /// Kills kube-apiserver; etcd and the data stay.
+    pub fn stop_apiserver(&self) {
+        let (done_tx, done) = mpsc::channel();
+        self.command(ServerCommand::StopApiserver(done_tx));
+        done.recv().expect("the API server thread stops the server");
+    }
+
+    /// Starts kube-apiserver again on the same port; returns once it is ready.
+    pub fn start_apiserver_again(&self) {
+        let (done_tx, done) = mpsc::channel();
+        self.command(ServerCommand::StartApiserver(done_tx));
+        done.recv()
+            .expect("the API server thread answers")
+            .unwrap_or_else(|error| panic!("kube-apiserver restarts: {error}"));
+    }
+
+    fn command(&self, command: ServerCommand) {
+        self.commands
+            .as_ref()
+            .expect("running")
+            .send(command)
+            .expect("the API server thread is alive");
+    }
+
+    /// Runs `f` with an API client as `who`, on a thread in the server's namespace.
+    pub fn with_api<R: Send>(&self, who: Who, f: impl AsyncFnOnce(kube::Client) -> R + Send) -> R {
+        let kubeconfig = self.kubeconfig(who).to_owned();
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::netns::enter(&path);
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a tokio runtime");
+                    runtime.block_on(async {
+                        let client = client_from_kubeconfig(&kubeconfig)
+                            .await
+                            .expect("an API client");
+                        f(client).await
+                    })
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+impl Drop for NodeApiServer {
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The documents of `kind` in a multi-document YAML text.
+pub fn documents<T: serde::de::DeserializeOwned>(text: &str, kind: &str) -> Vec<T> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| {
+            <serde_yaml::Value as serde::Deserialize>::deserialize(document).expect("valid YAML")
+        })
+        .filter(|value| value.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .map(|value| serde_yaml::from_value(value).expect("a valid object"))
+        .collect()
+}
+
+fn deploy_rbac() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+    fs::read_to_string(&path).expect("deploy/rbac.yaml")
+}
+
+/// Applies `deploy/rbac.yaml`: what the agent may read. Objects that exist already are kept
+/// (so this also restores what [`remove_rbac_bindings`] removed).
+pub async fn apply_rbac(admin: kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use kube::Api;
+    let text = deploy_rbac();
+    for role in documents::<ClusterRole>(&text, "ClusterRole") {
+        create_or_keep(Api::all(admin.clone()), role).await;
+    }
+    for binding in documents::<ClusterRoleBinding>(&text, "ClusterRoleBinding") {
+        create_or_keep(Api::all(admin.clone()), binding).await;
+    }
+    for role in documents::<Role>(&text, "Role") {
+        create_or_keep(Api::namespaced(admin.clone(), AGENT_NAMESPACE), role).await;
+    }
+    for binding in documents::<RoleBinding>(&text, "RoleBinding") {
+        create_or_keep(Api::namespaced(admin.clone(), AGENT_NAMESPACE), binding).await;
+    }
+}
+
+async fn create_or_keep<K>(api: kube::Api<K>, object: K)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&kube::api::PostParams::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => panic!("creating {:?}: {error}", object.meta().name),
+    }
+}
+
+/// Deletes the bindings of `deploy/rbac.yaml`: the agent may read nothing any more.
+pub async fn remove_rbac_bindings(admin: kube::Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+    use kube::{Api, ResourceExt as _, api::DeleteParams};
+    let text = deploy_rbac();
+    let delete = DeleteParams::default();
+    for binding in documents::<ClusterRoleBinding>(&text, "ClusterRoleBinding") {
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .delete(&binding.name_any(), &delete)
+            .await
+            .expect("deleting a ClusterRoleBinding");
+    }
+    for binding in documents::<RoleBinding>(&text, "RoleBinding") {
+        Api::<RoleBinding>::namespaced(admin.clone(), AGENT_NAMESPACE)
+            .delete(&binding.name_any(), &delete)
+            .await
+            .expect("deleting a RoleBinding");
+    }
 }

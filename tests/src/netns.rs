@@ -350,7 +350,7 @@ impl Drop for Server {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter(path: &str) {
+pub fn enter(path: &str) {
     let file = File::open(path).unwrap_or_else(|error| panic!("open {path}: {error}"));
     // SAFETY: `file` is an open namespace file; setns only changes this thread's namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };

@@ -1,7 +1,20 @@
 //! The API server as a source: one kube-runtime watcher per kind (all namespaces: remote pods
-//! are peers too), with kube's default backoff (800 ms to 30 s, jittered). After a watch gap
-//! the watcher relists, which reaches the runtime as `Init` .. `InitDone`, a full resync; while
-//! the server is away nothing is sent and the node keeps enforcing the last known state.
+//! are peers too). After a watch gap the watcher relists, which reaches the runtime as `Init`
+//! .. `InitDone`, a full resync; while the server is away nothing is sent and the node keeps
+//! enforcing the last known state.
+//!
+//! Recovery is this module's own, not kube's default backoff (up to 30 s, jittered to 45 s,
+//! reset only after two quiet minutes, and applied to `410 Gone` too): after an error the
+//! next attempt waits [`RETRY_FIRST`] doubling to [`RETRY_MAX`], `410 Gone` relists at once,
+//! and any success starts the delays over. So a change is enforced within seconds of the
+//! server's return.
+//!
+//! Health: a kind is failing from its first error until its watch delivers again, or, as a
+//! re-established watch is silent until something changes, until a one-object list of the kind
+//! succeeds while the watch stays quiet. The runtime turns a kind failing for too long into
+//! "not ready" (stale).
+
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
@@ -10,12 +23,25 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt as _,
-    runtime::{WatchStreamExt as _, watcher},
+    api::ListParams,
+    runtime::{watcher, watcher::Event},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::{ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectKind, SourceEvent};
+
+/// The delay after a first error, doubled per consecutive error up to [`RETRY_MAX`]; each
+/// delay is jittered down by up to a half, so that the nodes of a cluster do not return to
+/// the API server in step. The cap bounds how long after the server's return the agent
+/// notices: 4 watches per node at most one attempt per 2.5-5 s while it is away.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a watch that failed must stay quiet (a new attempt neither delivered nor failed)
+/// before a probe checks whether the kind can be read again.
+const QUIET: Duration = Duration::from_secs(2);
+/// A probe that takes longer than this counts as failed (a black-holed server).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Watches the four kinds until the receiver is dropped.
 pub async fn run(client: Client, events: mpsc::Sender<SourceEvent>) {
@@ -61,39 +87,118 @@ async fn watch<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(watcher::Event::Init) => SourceEvent::Init(kind),
-            Ok(watcher::Event::InitApply(object) | watcher::Event::Apply(object)) => {
-                SourceEvent::Apply(wrap(Box::new(slim(object))))
+    let probe = ListParams {
+        field_selector: config.field_selector.clone(),
+        limit: Some(1),
+        ..ListParams::default()
+    };
+    let mut stream = std::pin::pin!(watcher(api.clone(), config));
+    let mut retry = Retry::default();
+    let mut failing = false;
+    // The HTTP status of the last failure, so that a change of cause is logged too.
+    let mut last_status = None;
+    loop {
+        let item = if failing {
+            tokio::select! {
+                item = stream.next() => item,
+                () = tokio::time::sleep(QUIET) => {
+                    let listed = tokio::time::timeout(PROBE_TIMEOUT, api.list_metadata(&probe)).await;
+                    if matches!(listed, Ok(Ok(_))) {
+                        tracing::info!(kind = kind.name(), "watch back");
+                        failing = false;
+                        retry = Retry::default();
+                        if events.send(SourceEvent::Recovered(kind)).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
             }
-            Ok(watcher::Event::InitDone) => SourceEvent::InitDone(kind),
-            Ok(watcher::Event::Delete(object)) => SourceEvent::Delete(wrap(Box::new(object)).id()),
+        } else {
+            stream.next().await
+        };
+        let Some(item) = item else { return };
+        let event = match item {
+            Ok(event) => {
+                retry = Retry::default();
+                if failing {
+                    tracing::info!(kind = kind.name(), "watch back");
+                    failing = false;
+                    if events.send(SourceEvent::Recovered(kind)).await.is_err() {
+                        return;
+                    }
+                }
+                match event {
+                    Event::Init => SourceEvent::Init(kind),
+                    Event::InitApply(object) | Event::Apply(object) => {
+                        SourceEvent::Apply(wrap(Box::new(slim(object))))
+                    }
+                    Event::InitDone => SourceEvent::InitDone(kind),
+                    Event::Delete(object) => SourceEvent::Delete(wrap(Box::new(object)).id()),
+                }
+            }
             Err(error) => {
-                // Every watcher error is retried by the backoff; a 403 needs a human (RBAC).
-                if is_forbidden(&error) {
-                    tracing::warn!(
-                        kind = kind.name(),
-                        error = &error as &dyn std::error::Error,
-                        "watch forbidden: check the agent's RBAC"
-                    );
-                } else {
-                    tracing::debug!(
-                        kind = kind.name(),
-                        error = &error as &dyn std::error::Error,
-                        "watch failed; retrying"
-                    );
+                let gone = status_code(&error) == Some(410);
+                let status = status_code(&error);
+                let repeated = failing && status == last_status;
+                log_failure(kind, &error, status, repeated);
+                failing = true;
+                last_status = status;
+                let failed = SourceEvent::Failing {
+                    kind,
+                    detail: error.to_string(),
+                };
+                if events.send(failed).await.is_err() {
+                    return;
                 }
-                SourceEvent::Problem {
-                    reason: "watch_error",
-                    detail: format!("{}: {error}", kind.name()),
+                // The watcher relists on its next poll after `410 Gone`: no reason to wait.
+                if !gone {
+                    tokio::time::sleep(retry.next_delay()).await;
                 }
+                continue;
             }
         };
         if events.send(event).await.is_err() {
             return;
         }
+    }
+}
+
+/// Logs a watch failure: a warning when it starts or its cause changes, then quieter.
+fn log_failure(kind: ObjectKind, error: &watcher::Error, status: Option<u16>, repeated: bool) {
+    let error = error as &dyn std::error::Error;
+    if status == Some(410) {
+        tracing::info!(kind = kind.name(), "watch too old (410 Gone): relisting");
+    } else if repeated {
+        tracing::debug!(kind = kind.name(), error, "watch still failing; retrying");
+    } else if status == Some(403) {
+        tracing::warn!(
+            kind = kind.name(),
+            error,
+            "watch forbidden: check the agent's RBAC; retrying"
+        );
+    } else {
+        tracing::warn!(kind = kind.name(), error, "watch failed; retrying");
+    }
+}
+
+/// Consecutive-error delays: [`RETRY_FIRST`] doubling to [`RETRY_MAX`], jittered.
+#[derive(Debug)]
+struct Retry {
+    delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { delay: RETRY_FIRST }
+    }
+}
+
+impl Retry {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(RETRY_MAX);
+        delay.mul_f64(1.0 - fastrand::f64() / 2.0)
     }
 }
 
@@ -103,13 +208,17 @@ fn slim<K: Resource>(mut object: K) -> K {
     object
 }
 
-fn is_forbidden(error: &watcher::Error) -> bool {
+/// The HTTP status the API server answered with, if it answered.
+fn status_code(error: &watcher::Error) -> Option<u16> {
     let client_error = match error {
         watcher::Error::InitialListFailed(error)
         | watcher::Error::WatchStartFailed(error)
         | watcher::Error::WatchFailed(error) => error,
-        watcher::Error::WatchError(status) => return status.code == 403,
-        watcher::Error::NoResourceVersion => return false,
+        watcher::Error::WatchError(status) => return Some(status.code),
+        watcher::Error::NoResourceVersion => return None,
     };
-    matches!(client_error, kube::Error::Api(status) if status.code == 403)
+    match client_error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
 }

@@ -89,6 +89,14 @@ pub enum SourceEvent {
     Delete(ObjectId),
     /// The list of `kind` is complete.
     InitDone(ObjectKind),
+    /// The watch of `kind` failed (already logged); it is retried. The kind is failing until
+    /// [`SourceEvent::Recovered`]: what the runtime knows of it may be stale.
+    Failing {
+        kind: ObjectKind,
+        detail: String,
+    },
+    /// The watch of `kind` delivers again.
+    Recovered(ObjectKind),
     /// Something the source could not read, already logged; counted by the runtime.
     Problem {
         reason: &'static str,
