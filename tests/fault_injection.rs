@@ -973,3 +973,52 @@ fn an_api_server_outage_and_lost_rbac_are_reported_and_recovered_from_in_seconds
         fixture.ready()
     );
 }
+
+/// A bad document costs only itself: the other documents of its file apply. Duplicates and
+/// unreadable entries are logged. Before the fix, a port that overflowed (or binary garbage)
+/// made the whole file skipped, so its deny-all never applied.
+#[test]
+fn a_bad_document_is_rejected_alone_and_the_rest_of_its_file_applies() {
+    if !require_root("a_bad_document_is_rejected_alone_and_the_rest_of_its_file_applies") {
+        return;
+    }
+    let fixture = Fixture::client_and_target("bad-documents");
+    let overflow = target_ingress(
+        "overflow",
+        "    - podSelector: {}\n",
+        "    - port: 99999999999\n",
+    );
+    let mut file = format!("{overflow}---\n{DENY_ALL_TARGETS}").into_bytes();
+    file.extend_from_slice(b"---\n\xff\xfe\x00\x81 binary garbage\n");
+    std::fs::write(fixture.objects.join("policies.yaml"), file).expect("write");
+    std::os::unix::fs::symlink(
+        fixture.objects.join("loop.yaml"),
+        fixture.objects.join("loop.yaml"),
+    )
+    .expect("a symlink loop");
+    // namespace.yaml names it too.
+    fixture.write(
+        "copy.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n",
+    );
+    let agent = fixture.start(&[], None);
+    assert_denied(&fixture, 0, &[1], "the deny-all beside bad documents");
+    let logged = |words: &str| within(STEP_TIMEOUT, || agent.log_text().contains(words)).is_some();
+    for words in [
+        "policies.yaml: document 1 (line 1, NetworkPolicy) does not parse",
+        "is not UTF-8 text",
+        "namespace default is in",
+        "cannot read",
+    ] {
+        assert!(logged(words), "{words}: {}", agent.log_text());
+    }
+    let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "netpol_source_problems_total{reason=\"rejected_document\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+}

@@ -262,6 +262,16 @@ impl<B: Backend> Runtime<B> {
                     .and_modify(|(_, last)| last.clone_from(&detail))
                     .or_insert_with(|| (Instant::now(), detail));
             }
+            SourceEvent::Undecodable { id, detail } => {
+                tracing::warn!(object = %id, detail, "rejected: the object does not decode; its last good version, if any, stays");
+                self.metrics.count_rejection(id.kind.name(), "undecodable");
+                // A relist replaces the kind's objects at its end: carry the last good one over.
+                if let Some(list) = objects.relisting.get_mut(&id.kind)
+                    && let Some(current) = objects.current.get(&id)
+                {
+                    list.insert(id, current.clone());
+                }
+            }
             SourceEvent::Recovered(kind) => {
                 self.failing_sources.remove(&kind);
                 self.update_readiness();
@@ -1035,5 +1045,34 @@ mod tests {
             "{}",
             runtime.metrics.not_ready_reason()
         );
+    }
+
+    #[test]
+    fn an_undecodable_object_keeps_its_last_good_version_through_a_relist() {
+        let mut runtime = runtime();
+        for event in initial_events(vec![pod("a", "10.244.1.10")]) {
+            runtime.handle(event);
+        }
+        runtime.handle(SourceEvent::Apply(deny_all_ingress()));
+        runtime.reconcile();
+        let policy = deny_all_ingress().id();
+        for event in [
+            SourceEvent::Init(ObjectKind::NetworkPolicy),
+            SourceEvent::Undecodable {
+                id: policy.clone(),
+                detail: "invalid value".to_owned(),
+            },
+            SourceEvent::InitDone(ObjectKind::NetworkPolicy),
+        ] {
+            runtime.handle(event);
+        }
+        runtime.reconcile();
+        assert!(
+            runtime.objects.current.contains_key(&policy),
+            "the deny-all stays"
+        );
+        assert!(runtime.metrics.render().contains(
+            "netpol_rejected_objects_total{kind=\"networkpolicy\",reason=\"undecodable\"} 1"
+        ));
     }
 }

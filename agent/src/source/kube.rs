@@ -9,6 +9,10 @@
 //! and any success starts the delays over. So a change is enforced within seconds of the
 //! server's return.
 //!
+//! Objects are read as `DynamicObject`s and decoded one by one: an object the agent's types
+//! cannot decode (version skew, a field the API accepts and k8s-openapi does not) is rejected
+//! alone, as the objects dir rejects one document, instead of failing its whole list.
+//!
 //! Health: a kind is failing from its first error until its watch delivers again, or, as a
 //! re-established watch is silent until something changes, until a one-object list of the kind
 //! succeeds while the watch stays quiet. The runtime turns a kind failing for too long into
@@ -22,14 +26,16 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt as _,
-    api::ListParams,
+    Api, Client, Resource,
+    api::{ApiResource, DynamicObject, ListParams},
     runtime::{watcher, watcher::Event},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::{ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectKind, SourceEvent};
+use super::{
+    ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectId, ObjectKind, SourceEvent,
+};
 
 /// The delay after a first error, doubled per consecutive error up to [`RETRY_MAX`]; each
 /// delay is jittered down by up to a half, so that the nodes of a cluster do not return to
@@ -48,28 +54,32 @@ pub async fn run(client: Client, events: mpsc::Sender<SourceEvent>) {
     let eni_config = watcher::Config::default().fields(&format!("metadata.name={ENI_CONFIG_NAME}"));
     tokio::join!(
         watch(
-            Api::<Namespace>::all(client.clone()),
+            Api::all_with(client.clone(), &ApiResource::erase::<Namespace>(&())),
             watcher::Config::default(),
             ObjectKind::Namespace,
             ClusterObject::Namespace,
             events.clone(),
         ),
         watch(
-            Api::<Pod>::all(client.clone()),
+            Api::all_with(client.clone(), &ApiResource::erase::<Pod>(&())),
             watcher::Config::default(),
             ObjectKind::Pod,
             ClusterObject::Pod,
             events.clone(),
         ),
         watch(
-            Api::<NetworkPolicy>::all(client.clone()),
+            Api::all_with(client.clone(), &ApiResource::erase::<NetworkPolicy>(&())),
             watcher::Config::default(),
             ObjectKind::NetworkPolicy,
             ClusterObject::NetworkPolicy,
             events.clone(),
         ),
         watch(
-            Api::<ConfigMap>::namespaced(client, ENI_CONFIG_NAMESPACE),
+            Api::namespaced_with(
+                client,
+                ENI_CONFIG_NAMESPACE,
+                &ApiResource::erase::<ConfigMap>(&()),
+            ),
             eni_config,
             ObjectKind::ConfigMap,
             ClusterObject::ConfigMap,
@@ -79,13 +89,13 @@ pub async fn run(client: Client, events: mpsc::Sender<SourceEvent>) {
 }
 
 async fn watch<K>(
-    api: Api<K>,
+    api: Api<DynamicObject>,
     config: watcher::Config,
     kind: ObjectKind,
     wrap: fn(Box<K>) -> ClusterObject,
     events: mpsc::Sender<SourceEvent>,
 ) where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource + DeserializeOwned,
 {
     let probe = ListParams {
         field_selector: config.field_selector.clone(),
@@ -131,10 +141,15 @@ async fn watch<K>(
                 match event {
                     Event::Init => SourceEvent::Init(kind),
                     Event::InitApply(object) | Event::Apply(object) => {
-                        SourceEvent::Apply(wrap(Box::new(slim(object))))
+                        match decode(kind, wrap, object) {
+                            Ok(object) => SourceEvent::Apply(object),
+                            Err((id, detail)) => SourceEvent::Undecodable { id, detail },
+                        }
                     }
                     Event::InitDone => SourceEvent::InitDone(kind),
-                    Event::Delete(object) => SourceEvent::Delete(wrap(Box::new(object)).id()),
+                    Event::Delete(object) => {
+                        SourceEvent::Delete(ObjectId::new(kind, &object.metadata))
+                    }
                 }
             }
             Err(error) => {
@@ -202,10 +217,19 @@ impl Retry {
     }
 }
 
-/// Drops what the agent never reads (managed fields are often the bulk of an object).
-fn slim<K: Resource>(mut object: K) -> K {
-    object.managed_fields_mut().clear();
+/// One object as the agent's type, or the object and why it is not one.
+fn decode<K: Resource + DeserializeOwned>(
+    kind: ObjectKind,
+    wrap: fn(Box<K>) -> ClusterObject,
+    mut object: DynamicObject,
+) -> Result<ClusterObject, (ObjectId, String)> {
+    // Never read, and often the bulk of an object.
+    object.metadata.managed_fields = None;
+    let id = ObjectId::new(kind, &object.metadata);
     object
+        .try_parse::<K>()
+        .map(|object| wrap(Box::new(object)))
+        .map_err(|error| (id, error.to_string()))
 }
 
 /// The HTTP status the API server answered with, if it answered.
@@ -220,5 +244,47 @@ fn status_code(error: &watcher::Error) -> Option<u16> {
     match client_error {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dynamic(json: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json).expect("a dynamic object")
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_is_rejected_alone_with_its_name() {
+        let good = dynamic(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "good", "namespace": "default",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"podSelector": {}},
+        }));
+        let ClusterObject::NetworkPolicy(policy) = decode(
+            ObjectKind::NetworkPolicy,
+            ClusterObject::NetworkPolicy,
+            good,
+        )
+        .expect("decodes") else {
+            panic!("a policy");
+        };
+        assert_eq!(policy.metadata.managed_fields, None, "slimmed");
+
+        let skewed = dynamic(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "skewed", "namespace": "default"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 99999999999u64}]}]},
+        }));
+        let (id, detail) = decode(
+            ObjectKind::NetworkPolicy,
+            ClusterObject::NetworkPolicy,
+            skewed,
+        )
+        .expect_err("the port does not fit");
+        assert_eq!(id.to_string(), "networkpolicy default/skewed");
+        assert!(!detail.is_empty());
     }
 }

@@ -41,6 +41,24 @@ pub struct ObjectId {
     pub name: String,
 }
 
+impl ObjectId {
+    /// The id of a `kind` object with `metadata` (namespaces have no namespace).
+    pub fn new(
+        kind: ObjectKind,
+        metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Self {
+        let namespace = match kind {
+            ObjectKind::Namespace => String::new(),
+            _ => metadata.namespace.clone().unwrap_or_default(),
+        };
+        Self {
+            kind,
+            namespace,
+            name: metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.namespace.is_empty() {
@@ -68,15 +86,7 @@ impl ClusterObject {
             Self::NetworkPolicy(object) => (ObjectKind::NetworkPolicy, &object.metadata),
             Self::ConfigMap(object) => (ObjectKind::ConfigMap, &object.metadata),
         };
-        let namespace = match kind {
-            ObjectKind::Namespace => String::new(),
-            _ => metadata.namespace.clone().unwrap_or_default(),
-        };
-        ObjectId {
-            kind,
-            namespace,
-            name: metadata.name.clone().unwrap_or_default(),
-        }
+        ObjectId::new(kind, metadata)
     }
 }
 
@@ -97,6 +107,12 @@ pub enum SourceEvent {
     },
     /// The watch of `kind` delivers again.
     Recovered(ObjectKind),
+    /// The source has object `id` but cannot decode it; the runtime logs and counts it, and
+    /// keeps its last good version, if any.
+    Undecodable {
+        id: ObjectId,
+        detail: String,
+    },
     /// Something the source could not read, already logged; counted by the runtime.
     Problem {
         reason: &'static str,

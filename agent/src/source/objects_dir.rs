@@ -3,11 +3,18 @@
 //! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory holds one or more
 //! documents (`---`-separated) of kind Namespace, Pod, NetworkPolicy or ConfigMap (a `List` of
 //! them works too). The directory is read again every [`POLL_INTERVAL`]: a new or changed
-//! object is applied, one that disappeared is deleted. A file that does not parse is reported
-//! and its last good objects are kept, so a half-written file never deletes what it held.
+//! object is applied, one that disappeared is deleted.
+//!
+//! Bad input is rejected one document at a time, as the API server rejects one object: the
+//! other documents of the file still apply. A rejected document keeps its object's last good
+//! version (a half-written edit never deletes a policy); where it cannot even be told which
+//! object it was, the file keeps every object it last held that its new read lacks. A file or
+//! entry that cannot be read at all (permissions, a symlink loop) keeps its last objects. Each
+//! problem is logged once when it appears and counted. Two documents naming the same object
+//! are a warning; the later file (in path order) wins.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -20,7 +27,7 @@ use super::{ClusterObject, ObjectId, ObjectKind, SourceEvent};
 /// How often the directory is read: changes take effect within this (plus programming).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Errors reading one file.
+/// Why a file, or one document of it, was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read {path}")]
@@ -29,89 +36,81 @@ pub enum FileError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: document {document} is not valid YAML")]
+    #[error("{path}: document {document} (line {line}) is not UTF-8 text")]
+    NotText {
+        path: PathBuf,
+        document: usize,
+        line: usize,
+    },
+    #[error("{path}: document {document} (line {line}) is not valid YAML")]
     Yaml {
         path: PathBuf,
         document: usize,
+        line: usize,
         #[source]
         source: serde_yaml::Error,
     },
-    #[error("{path}: document {document} ({kind}) does not parse")]
+    #[error("{path}: document {document} (line {line}, {kind}) does not parse")]
     Object {
         path: PathBuf,
         document: usize,
+        line: usize,
         kind: String,
         #[source]
         source: serde_yaml::Error,
     },
 }
 
-/// The objects of one directory read: per file, the objects it holds (or why it could not be
-/// read).
+/// What one file holds: the objects of the documents that parse, and the documents rejected
+/// (with the object each named, where that could be read).
 #[derive(Debug, Default)]
-struct DirectoryRead {
-    files: BTreeMap<PathBuf, Result<Vec<ClusterObject>, FileError>>,
+pub struct FileRead {
+    pub objects: Vec<ClusterObject>,
+    pub rejected: Vec<(FileError, Option<ObjectId>)>,
 }
 
 /// Watches `dir` and sends events until the receiver is dropped.
 pub async fn run(dir: PathBuf, events: mpsc::Sender<SourceEvent>) {
     let mut kept: BTreeMap<PathBuf, Vec<ClusterObject>> = BTreeMap::new();
-    let mut reported: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut problems = Problems::default();
     let mut current: BTreeMap<ObjectId, ClusterObject> = BTreeMap::new();
     let mut first = true;
     loop {
-        let read = match read_directory(&dir) {
-            Ok(read) => read,
-            Err(error) => {
-                // The directory itself is unreadable: keep everything, say so once per change.
-                let detail = format!("cannot list {}: {error}", dir.display());
-                if reported.get(&dir) != Some(&detail) {
-                    tracing::warn!(dir = %dir.display(), error = &error as &dyn std::error::Error, "objects directory unreadable");
-                    let _ = events
-                        .send(SourceEvent::Problem {
-                            reason: "unreadable_dir",
-                            detail: detail.clone(),
-                        })
-                        .await;
-                    reported.insert(dir.clone(), detail);
-                }
-                if first {
-                    // Nothing can be known: do not pretend an empty cluster.
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                    continue;
-                }
-                tokio::time::sleep(POLL_INTERVAL).await;
-                continue;
-            }
-        };
-        reported.remove(&dir);
-        kept.retain(|path, _| read.files.contains_key(path));
-        for (path, result) in read.files {
-            match result {
-                Ok(objects) => {
-                    reported.remove(&path);
-                    kept.insert(path, objects);
-                }
-                Err(error) => {
-                    let detail = error.to_string();
-                    if reported.get(&path) != Some(&detail) {
-                        tracing::warn!(error = %detail, "skipping objects file");
-                        let _ = events
-                            .send(SourceEvent::Problem {
-                                reason: "unparsable_file",
-                                detail: detail.clone(),
-                            })
-                            .await;
-                        reported.insert(path, detail);
+        let mut found = Vec::new();
+        match read_directory(&dir) {
+            Ok(read) => {
+                kept.retain(|path, _| read.contains_key(path));
+                for (path, result) in read {
+                    match result {
+                        Ok(file) => {
+                            let objects = keep_last_good(kept.get(&path), file, &mut found);
+                            kept.insert(path, objects);
+                        }
+                        // Unreadable as a whole: what it held stays.
+                        Err(error) => found.push(("unreadable_file", error.to_string())),
                     }
                 }
             }
+            Err(error) => {
+                tracing::debug!(error = &error as &dyn std::error::Error, "listing failed");
+                found.push((
+                    "unreadable_dir",
+                    format!("cannot list {}: {error}", dir.display()),
+                ));
+            }
         }
-        let wanted: BTreeMap<ObjectId, ClusterObject> = kept
-            .values()
-            .flatten()
-            .map(|object| (object.id(), object.clone()))
-            .collect();
+        if first && found.iter().any(|(reason, _)| *reason == "unreadable_dir") {
+            // Nothing can be known: do not pretend an empty cluster.
+            if !problems.report(found, &events).await {
+                return;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+            continue;
+        }
+        let wanted = merge(&kept, &mut found);
+        if !problems.report(found, &events).await {
+            return;
+        }
         let sent = if first {
             send_initial(&events, &wanted).await
         } else {
@@ -123,6 +122,101 @@ pub async fn run(dir: PathBuf, events: mpsc::Sender<SourceEvent>) {
         current = wanted;
         first = false;
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The objects a file is taken to hold: those of its documents that parse, plus the last good
+/// version of what its rejected documents named (all of its last objects the new read lacks
+/// when a rejected document could not be identified). Rejections go to `found`.
+fn keep_last_good(
+    previous: Option<&Vec<ClusterObject>>,
+    file: FileRead,
+    found: &mut Vec<(&'static str, String)>,
+) -> Vec<ClusterObject> {
+    let FileRead {
+        mut objects,
+        rejected,
+    } = file;
+    let previous = previous.map(Vec::as_slice).unwrap_or_default();
+    let read: BTreeSet<ObjectId> = objects.iter().map(ClusterObject::id).collect();
+    let mut keep: BTreeSet<ObjectId> = BTreeSet::new();
+    for (error, id) in rejected {
+        found.push(("rejected_document", error.to_string()));
+        match id {
+            Some(id) => {
+                keep.insert(id);
+            }
+            None => keep.extend(previous.iter().map(ClusterObject::id)),
+        }
+    }
+    objects.extend(
+        previous
+            .iter()
+            .filter(|object| {
+                let id = object.id();
+                keep.contains(&id) && !read.contains(&id)
+            })
+            .cloned(),
+    );
+    objects
+}
+
+/// Every object of every file; a second document naming an object already seen replaces it
+/// (files in path order) and is reported in `found`.
+fn merge(
+    kept: &BTreeMap<PathBuf, Vec<ClusterObject>>,
+    found: &mut Vec<(&'static str, String)>,
+) -> BTreeMap<ObjectId, ClusterObject> {
+    let mut wanted: BTreeMap<ObjectId, (&Path, ClusterObject)> = BTreeMap::new();
+    for (path, objects) in kept {
+        for object in objects {
+            let id = object.id();
+            if let Some((earlier, _)) = wanted.get(&id) {
+                found.push((
+                    "duplicate_object",
+                    format!(
+                        "{id} is in {} and in {}: using the latter",
+                        earlier.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            wanted.insert(id, (path, object.clone()));
+        }
+    }
+    wanted
+        .into_iter()
+        .map(|(id, (_, object))| (id, object))
+        .collect()
+}
+
+/// Problems reported so far: each is logged and counted once, when it appears, and again
+/// if it goes away and comes back.
+#[derive(Default)]
+struct Problems {
+    reported: BTreeSet<(&'static str, String)>,
+}
+
+impl Problems {
+    /// Reports what is new in `found`; returns false when the receiver is gone.
+    async fn report(
+        &mut self,
+        found: Vec<(&'static str, String)>,
+        events: &mpsc::Sender<SourceEvent>,
+    ) -> bool {
+        let found: BTreeSet<(&'static str, String)> = found.into_iter().collect();
+        for (reason, detail) in found.difference(&self.reported) {
+            tracing::warn!(reason, detail, "objects directory: not taken as written");
+            let problem = SourceEvent::Problem {
+                reason,
+                detail: detail.clone(),
+            };
+            if events.send(problem).await.is_err() {
+                return false;
+            }
+        }
+        self.reported = found;
+        true
     }
 }
 
@@ -182,99 +276,205 @@ async fn send_changes(
     true
 }
 
-fn read_directory(dir: &Path) -> std::io::Result<DirectoryRead> {
-    let mut read = DirectoryRead::default();
+/// Every entry with an objects file's extension: its read, or why it cannot be read (a
+/// dangling symlink or a loop, permissions). Entries that are no regular file (a directory
+/// named `x.yaml`) are not objects files.
+fn read_directory(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Result<FileRead, FileError>>> {
+    let mut read = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(error) => {
+                read.insert(
+                    dir.to_owned(),
+                    Err(FileError::Read {
+                        path: dir.to_owned(),
+                        source: error,
+                    }),
+                );
+                continue;
+            }
+        };
         let wanted = path
             .extension()
             .and_then(|ext| ext.to_str())
             .is_some_and(|ext| matches!(ext, "yaml" | "yml" | "json"));
-        if wanted && path.is_file() {
-            let result = read_file(&path);
-            read.files.insert(path, result);
+        if !wanted {
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(metadata) if !metadata.is_file() => {}
+            Ok(_) => {
+                let result = read_file(&path);
+                read.insert(path, result);
+            }
+            Err(source) => {
+                read.insert(path.clone(), Err(FileError::Read { path, source }));
+            }
         }
     }
     Ok(read)
 }
 
 /// Parses every document of one file.
-pub fn read_file(path: &Path) -> Result<Vec<ClusterObject>, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+pub fn read_file(path: &Path) -> Result<FileRead, FileError> {
+    let bytes = std::fs::read(path).map_err(|source| FileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse_documents(path, &text)
+    Ok(parse_documents(path, &bytes))
 }
 
-/// Parses a multi-document YAML text (`path` only names it in errors). Documents of other
-/// kinds are ignored; a document that is not valid YAML, or not a valid object of its kind,
-/// fails the whole file.
-pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<ClusterObject>, FileError> {
-    let mut objects = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let number = index + 1;
-        let value = serde_yaml::Value::deserialize(document).map_err(|source| FileError::Yaml {
-            path: path.to_owned(),
-            document: number,
-            source,
-        })?;
-        collect(path, number, value, &mut objects)?;
+/// Parses a multi-document YAML text (`path` only names it in errors), one document at a
+/// time: each is split off at its `---` line before it is decoded, so that one that is not
+/// text or not YAML costs only itself. Documents of other kinds are ignored.
+pub fn parse_documents(path: &Path, bytes: &[u8]) -> FileRead {
+    let mut read = FileRead::default();
+    let documents = split_documents(bytes)
+        .into_iter()
+        .filter(|(_, chunk)| !chunk.iter().all(u8::is_ascii_whitespace));
+    for (index, (line, chunk)) in documents.enumerate() {
+        let document = index + 1;
+        let Ok(text) = std::str::from_utf8(chunk) else {
+            let error = FileError::NotText {
+                path: path.to_owned(),
+                document,
+                line,
+            };
+            read.rejected.push((error, None));
+            continue;
+        };
+        for value in serde_yaml::Deserializer::from_str(text) {
+            match serde_yaml::Value::deserialize(value) {
+                Ok(value) => collect(path, document, line, value, &mut read),
+                Err(source) => {
+                    let error = FileError::Yaml {
+                        path: path.to_owned(),
+                        document,
+                        line,
+                        source,
+                    };
+                    read.rejected.push((error, None));
+                    break;
+                }
+            }
+        }
     }
-    Ok(objects)
+    read
+}
+
+/// The documents of a YAML stream, each with the line it starts on: split at every line that
+/// starts with the document marker `---` (the rest of that line belongs to the new document).
+fn split_documents(bytes: &[u8]) -> Vec<(usize, &[u8])> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in bytes.split_inclusive(|byte| *byte == b'\n').enumerate() {
+        let marker =
+            line.starts_with(b"---") && line.get(3).is_none_or(|next| next.is_ascii_whitespace());
+        if marker {
+            documents.push((start_line, &bytes[start..offset]));
+            start = offset + 3;
+            start_line = index + 1;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &bytes[start..]));
+    documents
 }
 
 fn collect(
     path: &Path,
     document: usize,
+    line: usize,
     value: serde_yaml::Value,
-    objects: &mut Vec<ClusterObject>,
-) -> Result<(), FileError> {
+    read: &mut FileRead,
+) {
     if value.is_null() {
-        return Ok(());
+        return;
     }
     let kind = value
         .get("kind")
         .and_then(|kind| kind.as_str())
         .unwrap_or_default()
         .to_owned();
-    let object_error = |source| FileError::Object {
-        path: path.to_owned(),
-        document,
-        kind: kind.clone(),
-        source,
-    };
+    let id = identify(&kind, &value);
     let object = match kind.as_str() {
-        "Namespace" => ClusterObject::Namespace(Box::new(
-            serde_yaml::from_value(value).map_err(object_error)?,
-        )),
-        "Pod" => ClusterObject::Pod(Box::new(
-            serde_yaml::from_value(value).map_err(object_error)?,
-        )),
-        "NetworkPolicy" => ClusterObject::NetworkPolicy(Box::new(
-            serde_yaml::from_value(value).map_err(object_error)?,
-        )),
-        "ConfigMap" => ClusterObject::ConfigMap(Box::new(
-            serde_yaml::from_value(value).map_err(object_error)?,
-        )),
+        "Namespace" => serde_yaml::from_value(value).map(|o| ClusterObject::Namespace(Box::new(o))),
+        "Pod" => serde_yaml::from_value(value).map(|o| ClusterObject::Pod(Box::new(o))),
+        "NetworkPolicy" => {
+            serde_yaml::from_value(value).map(|o| ClusterObject::NetworkPolicy(Box::new(o)))
+        }
+        "ConfigMap" => serde_yaml::from_value(value).map(|o| ClusterObject::ConfigMap(Box::new(o))),
         "List" => {
             if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
                 for item in items {
-                    collect(path, document, item, objects)?;
+                    collect(path, document, line, item, read);
                 }
             }
-            return Ok(());
+            return;
         }
         // Services, Deployments and the like are not ours to read.
-        _ => return Ok(()),
+        _ => return,
     };
-    objects.push(object);
-    Ok(())
+    match object {
+        Ok(object) => read.objects.push(object),
+        Err(source) => {
+            let error = FileError::Object {
+                path: path.to_owned(),
+                document,
+                line,
+                kind,
+                source,
+            };
+            read.rejected.push((error, id));
+        }
+    }
+}
+
+/// The object a document names, read from its raw fields (for one that does not parse).
+fn identify(kind: &str, value: &serde_yaml::Value) -> Option<ObjectId> {
+    let kind = match kind {
+        "Namespace" => ObjectKind::Namespace,
+        "Pod" => ObjectKind::Pod,
+        "NetworkPolicy" => ObjectKind::NetworkPolicy,
+        "ConfigMap" => ObjectKind::ConfigMap,
+        _ => return None,
+    };
+    let metadata = value.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?.to_owned();
+    let namespace = match kind {
+        ObjectKind::Namespace => String::new(),
+        _ => metadata
+            .get("namespace")
+            .and_then(|namespace| namespace.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    Some(ObjectId {
+        kind,
+        namespace,
+        name,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ids(objects: &[ClusterObject]) -> Vec<String> {
+        objects
+            .iter()
+            .map(|object| object.id().to_string())
+            .collect()
+    }
+
+    fn policy(name: &str, port: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  podSelector: {{}}\n  ingress:\n  - ports:\n    - port: {port}\n"
+        )
+    }
 
     #[test]
     fn multi_document_files_yield_every_known_kind_and_skip_others() {
@@ -298,23 +498,135 @@ spec:
   podSelector: {}
 ---
 "#;
-        let objects = parse_documents(Path::new("a.yaml"), text).expect("parses");
-        let ids: Vec<String> = objects
-            .iter()
-            .map(|object| object.id().to_string())
-            .collect();
-        assert_eq!(ids, ["namespace test-np", "networkpolicy test-np/deny"]);
+        let read = parse_documents(Path::new("a.yaml"), text.as_bytes());
+        assert!(read.rejected.is_empty(), "{:?}", read.rejected);
+        assert_eq!(
+            ids(&read.objects),
+            ["namespace test-np", "networkpolicy test-np/deny"]
+        );
     }
 
     #[test]
-    fn a_broken_document_fails_its_file_with_a_reason_naming_it() {
-        let text = "kind: Pod\nmetadata: {name: a, namespace: b}\nspec: {containers: 7}\n";
-        let error = parse_documents(Path::new("bad.yaml"), text).expect_err("spec is wrong");
-        assert!(
-            error.to_string().contains("bad.yaml: document 1 (Pod)"),
-            "{error}"
+    fn a_bad_document_is_rejected_alone_and_named() {
+        let mut bytes = policy("first", "80").into_bytes();
+        // A port that overflows, binary garbage, and text that is not YAML, between good ones.
+        bytes.extend_from_slice(format!("---\n{}", policy("overflow", "99999999999")).as_bytes());
+        bytes.extend_from_slice(b"---\n\xff\xfe\x00garbage\x81\n");
+        bytes.extend_from_slice(b"--- # a comment on the marker line\nkind: [\n");
+        bytes.extend_from_slice(format!("---\n{}", policy("last", "443")).as_bytes());
+        let read = parse_documents(Path::new("mixed.yaml"), &bytes);
+        assert_eq!(
+            ids(&read.objects),
+            ["networkpolicy default/first", "networkpolicy default/last"]
         );
-        let error = parse_documents(Path::new("bad.yaml"), "a: [").expect_err("not YAML");
-        assert!(error.to_string().contains("not valid YAML"), "{error}");
+        let rejected: Vec<(String, Option<String>)> = read
+            .rejected
+            .iter()
+            .map(|(error, id)| (error.to_string(), id.as_ref().map(ToString::to_string)))
+            .collect();
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(
+            rejected[0]
+                .0
+                .contains("mixed.yaml: document 2 (line 11, NetworkPolicy)"),
+            "{rejected:?}"
+        );
+        assert_eq!(
+            rejected[0].1.as_deref(),
+            Some("networkpolicy default/overflow")
+        );
+        assert!(
+            rejected[1].0.contains("document 3 (line 22) is not UTF-8"),
+            "{rejected:?}"
+        );
+        assert!(
+            rejected[2]
+                .0
+                .contains("document 4 (line 24) is not valid YAML"),
+            "{rejected:?}"
+        );
+    }
+
+    #[test]
+    fn a_rejected_document_keeps_the_last_good_version_of_its_object() {
+        let path = Path::new("p.yaml");
+        let before = parse_documents(
+            path,
+            format!("{}---\n{}", policy("a", "80"), policy("b", "81")).as_bytes(),
+        );
+        let mut found = Vec::new();
+        let kept = keep_last_good(None, before, &mut found);
+        assert_eq!(
+            ids(&kept),
+            ["networkpolicy default/a", "networkpolicy default/b"]
+        );
+
+        // `b` is broken by an edit: its last good version stays, `a` follows its edit.
+        let edited = parse_documents(
+            path,
+            format!("{}---\n{}", policy("a", "8080"), policy("b", "70000000000")).as_bytes(),
+        );
+        let kept = keep_last_good(Some(&kept), edited, &mut found);
+        assert_eq!(
+            ids(&kept),
+            ["networkpolicy default/a", "networkpolicy default/b"]
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        let ClusterObject::NetworkPolicy(b) = &kept[1] else {
+            panic!("a policy")
+        };
+        let port = b
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.ingress.as_ref())
+            .map(|rules| rules[0].ports.clone());
+        assert!(format!("{port:?}").contains("81"), "{port:?}");
+
+        // A document that cannot be identified keeps every object the read lacks.
+        let garbled = parse_documents(
+            path,
+            format!("{}---\nkind: [\n", policy("a", "8080")).as_bytes(),
+        );
+        let kept = keep_last_good(Some(&kept), garbled, &mut found);
+        assert_eq!(
+            ids(&kept),
+            ["networkpolicy default/a", "networkpolicy default/b"]
+        );
+    }
+
+    #[test]
+    fn the_same_object_in_two_files_is_reported_and_the_later_file_wins() {
+        let mut kept = BTreeMap::new();
+        for (file, port) in [("a.yaml", "80"), ("b.yaml", "81")] {
+            let read = parse_documents(Path::new(file), policy("same", port).as_bytes());
+            kept.insert(PathBuf::from(file), read.objects);
+        }
+        let mut found = Vec::new();
+        let wanted = merge(&kept, &mut found);
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "duplicate_object");
+        assert!(
+            found[0]
+                .1
+                .contains("networkpolicy default/same is in a.yaml and in b.yaml"),
+            "{found:?}"
+        );
+        assert!(format!("{wanted:?}").contains("81"));
+    }
+
+    #[test]
+    fn unreadable_entries_are_reported_by_name() {
+        let dir = std::env::temp_dir().join(format!("netpol-objects-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("good.yaml"), policy("good", "80")).expect("write");
+        std::os::unix::fs::symlink(dir.join("loop.yaml"), dir.join("loop.yaml")).expect("symlink");
+        let read = read_directory(&dir).expect("listing");
+        let _ = std::fs::remove_dir_all(&dir);
+        let good = read[&dir.join("good.yaml")].as_ref().expect("good file");
+        assert_eq!(ids(&good.objects), ["networkpolicy default/good"]);
+        let error = read[&dir.join("loop.yaml")].as_ref().expect_err("a loop");
+        assert!(error.to_string().contains("loop.yaml"), "{error}");
     }
 }
