@@ -1022,3 +1022,104 @@ fn a_bad_document_is_rejected_alone_and_the_rest_of_its_file_applies() {
         "{metrics}"
     );
 }
+
+/// A restart re-converges the whole state under the other id generation while connections
+/// keep opening: none that policy allows may be dropped, none that it denies may pass. Before
+/// the fix, the new generation's peer classes replaced the old ones in the one ipcache while
+/// endpoints still used the old sets, so lookups missed and allowed connections were dropped.
+#[test]
+fn a_restart_with_a_large_state_neither_drops_allowed_nor_passes_denied_connections() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    if !require_root(
+        "a_restart_with_a_large_state_neither_drops_allowed_nor_passes_denied_connections",
+    ) {
+        return;
+    }
+    const POLICIES: usize = 10_000;
+    let fixture = Fixture::new("restart", &["10.244.1.2", "10.244.1.3", "10.244.1.10"]);
+    fixture.write_pod(0, "client", "client");
+    fixture.write_pod(1, "other", "other");
+    fixture.write_pod(2, "target", "target");
+    // Each policy allows the client and an outside address of its own: many classes, prefixes
+    // and policy entries, most of them written after the client's prefix.
+    let mut policies = String::new();
+    for index in 0..POLICIES {
+        let from = format!(
+            "    - podSelector:\n        matchLabels:\n          role: client\n    - ipBlock:\n        cidr: 172.16.{}.{}/32\n",
+            index / 250,
+            index % 250 + 1
+        );
+        policies.push_str(&target_ingress(
+            &format!("p{index}"),
+            &from,
+            "    - port: 80\n",
+        ));
+        policies.push_str("---\n");
+    }
+    fixture.write("policies.yaml", &policies);
+    let mut agent = fixture.start(&[], None);
+    agent
+        .wait_ready(&fixture.node.node, Duration::from_secs(60))
+        .expect("ready");
+    assert!(
+        within(STEP_TIMEOUT, || fixture.probe(0, 2) && !fixture.probe(1, 2)).is_some(),
+        "enforced before the restart"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Vec<(Arc<AtomicU64>, Arc<AtomicU64>)> = (0..2)
+        .map(|_| (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))))
+        .collect();
+    let target = fixture.node.pods[2].ip;
+    // Denied attempts wait out their timeout: more of them in parallel.
+    let probers: Vec<_> = [0, 1, 1, 1, 1]
+        .into_iter()
+        .map(|from| {
+            let (stop, (tried, passed)) = (Arc::clone(&stop), counts[from].clone());
+            fixture.node.pods[from].netns.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let connected = std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::new(target, 80),
+                        QUICK,
+                    )
+                    .is_ok();
+                    tried.fetch_add(1, Ordering::Relaxed);
+                    passed.fetch_add(u64::from(connected), Ordering::Relaxed);
+                    // Within what the test server accepts (it polls every 20 ms).
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let pin_dir = agent.pin_dir.clone();
+    agent.cleanup_on_drop = false;
+    agent.kill();
+    let mut agent = fixture.start(&[], Some(pin_dir));
+    agent
+        .wait_ready(&fixture.node.node, Duration::from_secs(60))
+        .expect("ready after the restart");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for prober in probers {
+        prober.join().expect("prober");
+    }
+    let load = |(tried, passed): &(Arc<AtomicU64>, Arc<AtomicU64>)| {
+        (
+            tried.load(Ordering::Relaxed),
+            passed.load(Ordering::Relaxed),
+        )
+    };
+    let ((allowed_tried, allowed_passed), (denied_tried, denied_passed)) =
+        (load(&counts[0]), load(&counts[1]));
+    println!(
+        "through a restart with {POLICIES} policies: {allowed_passed}/{allowed_tried} allowed \
+         connections passed, {denied_passed}/{denied_tried} denied ones passed"
+    );
+    assert!(allowed_tried > 20 && denied_tried > 20, "the probes ran");
+    assert_eq!(allowed_passed, allowed_tried, "allowed connections dropped");
+    assert_eq!(denied_passed, 0, "denied connections passed");
+}

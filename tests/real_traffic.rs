@@ -47,7 +47,7 @@ fn program_maps(datapath: &mut Datapath) {
     }
     for (prefix, class) in &state.ipcache {
         datapath
-            .insert_prefix(prefix.addr, u32::from(prefix.len), class.id)
+            .insert_prefix(0, prefix.addr, u32::from(prefix.len), class.id)
             .expect("prefix");
     }
     for (key, value) in &state.policy {

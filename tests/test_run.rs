@@ -10,7 +10,7 @@ use std::{
 
 use agent_common::{
     addr::Addr,
-    config::{CONFIG_ENFORCEMENT_OFF, Config},
+    config::{CONFIG_ENFORCEMENT_OFF, Config, GENERATION_BIT},
     endpoint::{Endpoint, FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
     ipcache::{CLASS_ANY, CLASS_WORLD},
     metrics::DropReason,
@@ -168,7 +168,7 @@ impl Harness {
             ("198.51.100.128", 25, CLASS_WORLD),
         ] {
             datapath
-                .insert_prefix(addr(prefix), len, class)
+                .insert_prefix(0, addr(prefix), len, class)
                 .expect("prefix");
         }
         datapath
@@ -870,5 +870,69 @@ fn a_pod_interface_carries_only_known_endpoints_addresses() {
     assert_eq!(
         harness.send_to_pod(&solicitation("fe80::1", "ff02::1:ff00:10")),
         PASS
+    );
+}
+
+/// Each id generation has its own ipcache trie, and an endpoint's peers are classed by the
+/// trie of its sets' generation: a converge can fill the other trie while endpoints still use
+/// theirs, and no lookup pairs a set with a class of the other generation.
+#[test]
+fn peers_are_classed_by_the_trie_of_the_endpoints_generation() {
+    if !require_root("peers_are_classed_by_the_trie_of_the_endpoints_generation") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    if !harness.forwarding("peers_are_classed_by_the_trie_of_the_endpoints_generation") {
+        return;
+    }
+    let (set, class) = (SET_A_INGRESS | GENERATION_BIT, CLASS_WEB | GENERATION_BIT);
+    let datapath = &mut harness.shared.datapath;
+    datapath
+        .insert_policy(
+            PREFIX_FULL,
+            PolicyKey::new(set, class, DIR_INGRESS, 6, 80),
+            RULE_WEB,
+        )
+        .expect("policy");
+    let a = Endpoint {
+        id: 1,
+        ifindex: 0,
+        flags: FLAG_INGRESS_ISOLATED,
+        ingress_set: set,
+        egress_set: 0,
+    };
+    datapath.insert_endpoint(addr(POD_A), a).expect("endpoint");
+    assert_eq!(
+        harness.send_to_pod(&tcp(PEER_WEB, POD_A, 40001, 80, TCP_SYN)),
+        DROP,
+        "the generation-1 trie has no class for the peer yet: the world"
+    );
+    harness
+        .shared
+        .datapath
+        .insert_prefix(GENERATION_BIT, addr(PEER_WEB), 32, class)
+        .expect("prefix");
+    assert_eq!(
+        harness.send_to_pod(&tcp(PEER_WEB, POD_A, 40002, 80, TCP_SYN)),
+        PASS,
+        "classed by the generation-1 trie"
+    );
+    // Pod A back on generation 0: the generation-0 trie (CLASS_WEB) and entries apply.
+    let a = Endpoint {
+        ingress_set: SET_A_INGRESS,
+        ..a
+    };
+    harness
+        .shared
+        .datapath
+        .insert_endpoint(addr(POD_A), a)
+        .expect("endpoint");
+    assert_eq!(
+        harness.send_to_pod(&tcp(PEER_WEB, POD_A, 40003, 80, TCP_SYN)),
+        PASS
+    );
+    assert_eq!(
+        harness.send_to_pod(&tcp(PEER_WEB, POD_A, 40004, 81, TCP_SYN)),
+        DROP
     );
 }

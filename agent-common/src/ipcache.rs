@@ -1,4 +1,5 @@
-//! `NP_IPCACHE`: an LPM trie from address prefixes to peer classes.
+//! `NP_IPCACHE` and `NP_IPCACHE1`: LPM tries from address prefixes to peer classes, one per
+//! id generation (see [`crate::config::GENERATION_BIT`]).
 //!
 //! A peer class is a set of addresses that every selector relevant to this node treats alike
 //! (the same pod/namespace selector peers and ipBlock peers match them, and named ports resolve
@@ -9,10 +10,21 @@
 //! The key data is an [`Addr`]: the prefix length counts the family byte and its padding
 //! ([`Addr::FAMILY_BITS`]) plus the address bits.
 
-use crate::addr::Addr;
+//! An endpoint's peers are looked up in the trie of its sets' generation. A converge fills
+//! the other generation's trie, policy entries first, before it switches the endpoints, and
+//! one endpoint update switches both of its directions: no lookup ever pairs an old set with
+//! a new class (a false drop or a false allow), not even for a moment.
 
-/// Map name.
-pub const MAP_NAME: &str = "NP_IPCACHE";
+use crate::{addr::Addr, config::GENERATION_BIT};
+
+/// Map names, indexed by [`generation_index`].
+pub const MAP_NAMES: [&str; 2] = ["NP_IPCACHE", "NP_IPCACHE1"];
+
+/// Which trie holds the classes of the generation of `id` (a set id or a generation bit).
+#[inline(always)]
+pub const fn generation_index(id: u32) -> usize {
+    if id & GENERATION_BIT == 0 { 0 } else { 1 }
+}
 
 /// Key data of the trie (the prefix length is carried by the LPM key wrapper).
 pub type IpcacheKey = Addr;

@@ -23,6 +23,9 @@ pub static NP_ENDPOINTS: HashMap<Addr, Endpoint> = HashMap::with_max_entries(102
 #[map(name = "NP_IPCACHE")]
 pub static NP_IPCACHE: LpmTrie<Addr, PeerClass> = LpmTrie::with_max_entries(65536, 0);
 
+#[map(name = "NP_IPCACHE1")]
+pub static NP_IPCACHE1: LpmTrie<Addr, PeerClass> = LpmTrie::with_max_entries(65536, 0);
+
 #[map(name = "NP_POLICY")]
 pub static NP_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(65536, 0);
 
@@ -51,7 +54,8 @@ pub static NP_EVENTS: PerfEventArray<PolicyEvent> = PerfEventArray::new(0);
 // The names above must be the ones userspace opens.
 const _: () = {
     assert!(eq(endpoint::MAP_NAME, "NP_ENDPOINTS"));
-    assert!(eq(ipcache::MAP_NAME, "NP_IPCACHE"));
+    assert!(eq(ipcache::MAP_NAMES[0], "NP_IPCACHE"));
+    assert!(eq(ipcache::MAP_NAMES[1], "NP_IPCACHE1"));
     assert!(eq(policy::MAP_NAME, "NP_POLICY"));
     assert!(eq(services::MAP_NAME, "NP_SERVICES"));
     assert!(eq(conntrack::MAP_NAME, "NP_CT"));

@@ -279,7 +279,7 @@ pub fn decide(
             if hook == Hook::FromPod && is_service(&packet.dst) {
                 decided |= CT_EGRESS_DEFERRED;
             } else {
-                let class = class_of(&packet.dst);
+                let class = class_of(&packet.dst, set);
                 match lookup_allow(
                     set,
                     class,
@@ -306,7 +306,7 @@ pub fn decide(
         && flags & CT_INGRESS_ALLOWED == 0
         && hook != Hook::FromNode
     {
-        let class = class_of(&packet.src);
+        let class = class_of(&packet.src, set);
         match lookup_allow(
             set,
             class,

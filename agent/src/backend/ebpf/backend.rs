@@ -1,9 +1,12 @@
 //! [`EbpfBackend`]: the [`Backend`] over the eBPF maps.
 //!
-//! Set and class ids carry a generation bit ([`GENERATION_BIT`]). [`Backend::converge`] writes
-//! the whole state with the generation the maps do not use, switches the recorded generation,
-//! and only then removes what is stale: so entries of a previous agent and of this one never
-//! share an id while both are present, and a restart never opens a hole.
+//! Set and class ids carry a generation bit ([`GENERATION_BIT`]), and each generation has its
+//! own ipcache trie. [`Backend::converge`] writes the whole state with the generation the
+//! endpoints do not use (policy entries, then that generation's trie, then the endpoints,
+//! each switching both directions in one update), records it, and only then removes what is
+//! stale: entries of a previous agent and of this one never share an id while both are
+//! present, and no lookup pairs a set of one generation with a class of the other, so a
+//! restart neither opens a hole nor drops allowed traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +14,7 @@ use agent_common::{
     addr::Addr,
     config::GENERATION_BIT,
     endpoint::Endpoint,
-    ipcache::CLASS_FIRST_DYNAMIC,
+    ipcache::{self, CLASS_FIRST_DYNAMIC},
     metrics::DropReason,
     policy::{DIR_EGRESS, DIR_INGRESS, PolicyKey, SET_EMPTY},
 };
@@ -19,7 +22,7 @@ use agent_common::{
 use super::{Datapath, EbpfError};
 use crate::{
     backend::{Backend, BackendError, Count, Counters, InterfaceRole, MapUsage, PodInterfaces},
-    policy::{Delta, IpPrefix, NodeState, Op, PolicyEntryKey},
+    policy::{Delta, NodeState, Op, PolicyEntryKey},
 };
 
 /// The eBPF datapath as a backend.
@@ -98,8 +101,12 @@ impl EbpfBackend {
             }
             Op::UpsertIpcache(prefix, class) => {
                 let class = self.tag_class(class.id);
-                self.datapath
-                    .insert_prefix(prefix.addr, u32::from(prefix.len), class)?;
+                self.datapath.insert_prefix(
+                    self.generation,
+                    prefix.addr,
+                    u32::from(prefix.len),
+                    class,
+                )?;
             }
             Op::UpsertEndpoint(addr, endpoint) => {
                 let endpoint = self.endpoint(&addr, &endpoint, pods);
@@ -108,7 +115,7 @@ impl EbpfBackend {
             Op::RemoveEndpoint(addr) => self.datapath.remove_endpoint(&addr)?,
             Op::RemoveIpcache(prefix) => {
                 self.datapath
-                    .remove_prefix(prefix.addr, u32::from(prefix.len))?;
+                    .remove_prefix(self.generation, prefix.addr, u32::from(prefix.len))?;
             }
             Op::RemovePolicy(key) => {
                 let tagged = self.policy_key(&key);
@@ -132,20 +139,13 @@ impl EbpfBackend {
             return Err(error);
         }
 
-        // Stale: endpoints and prefixes the state does not have, and every entry of the old
-        // generation.
+        // Stale: endpoints the state does not have, and everything of the old generation.
         for (addr, _) in self.datapath.endpoints()? {
             if !state.endpoints.contains_key(&addr) {
                 self.datapath.remove_endpoint(&addr)?;
             }
         }
-        let prefixes: BTreeSet<IpPrefix> = state.ipcache.keys().copied().collect();
-        for (addr, len, _) in self.datapath.prefixes()? {
-            let prefix = IpPrefix::new(addr, u8::try_from(len).unwrap_or(u8::MAX));
-            if !prefixes.contains(&prefix) {
-                self.datapath.remove_prefix(addr, len)?;
-            }
-        }
+        self.clear_prefixes(old_generation)?;
         let wanted: BTreeSet<(u32, PolicyKey)> = state
             .policy
             .keys()
@@ -165,6 +165,7 @@ impl EbpfBackend {
         // Leftovers of a convergence that died half-way use the generation we are about to
         // write: clear them first, so no old entry is read under a new meaning.
         self.remove_generation(self.generation, &BTreeSet::new())?;
+        self.clear_prefixes(self.generation)?;
         let everything = Delta {
             rules_added: state.rules.clone(),
             policy_upserts: state.policy.clone(),
@@ -179,6 +180,14 @@ impl EbpfBackend {
         let mut config = self.datapath.config()?;
         config.generation = self.generation;
         self.datapath.set_config(config)
+    }
+
+    /// Empties the ipcache trie of `generation`.
+    fn clear_prefixes(&mut self, generation: u32) -> Result<(), EbpfError> {
+        for (addr, len, _) in self.datapath.prefixes(generation)? {
+            self.datapath.remove_prefix(generation, addr, len)?;
+        }
+        Ok(())
     }
 
     /// Removes policy entries of `generation` that are not `keep`.
@@ -319,8 +328,13 @@ impl Backend for EbpfBackend {
                 sizes.endpoints,
             ),
             usage(
-                agent_common::ipcache::MAP_NAME,
-                self.datapath.prefixes()?.len(),
+                ipcache::MAP_NAMES[0],
+                self.datapath.prefixes(0)?.len(),
+                sizes.ipcache,
+            ),
+            usage(
+                ipcache::MAP_NAMES[1],
+                self.datapath.prefixes(GENERATION_BIT)?.len(),
                 sizes.ipcache,
             ),
             usage(

@@ -18,7 +18,7 @@ use crate::backend::InterfaceRole;
 
 use agent_common::{
     addr::Addr,
-    config::{self, Config},
+    config::{self, Config, GENERATION_BIT},
     conntrack::{self, CtEntry, CtKey},
     endpoint::{self, Endpoint},
     fragments::{self, FragEntry, FragKey},
@@ -52,9 +52,10 @@ pub const PROGRAMS: [&str; 4] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK, PRO
 
 /// Maps that keep state across agent restarts when pinned: everything but the event array,
 /// whose buffers belong to the reader.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     endpoint::MAP_NAME,
-    ipcache::MAP_NAME,
+    ipcache::MAP_NAMES[0],
+    ipcache::MAP_NAMES[1],
     policy::MAP_NAME,
     services::MAP_NAME,
     conntrack::MAP_NAME,
@@ -208,7 +209,8 @@ pub struct Datapath {
     attach_mode: AttachMode,
     pin_dir: Option<PathBuf>,
     endpoints: HashMap<MapData, Addr, Endpoint>,
-    ipcache: LpmTrie<MapData, Addr, PeerClass>,
+    /// One per id generation ([`ipcache::generation_index`]).
+    ipcache: [LpmTrie<MapData, Addr, PeerClass>; 2],
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     services: LpmTrie<MapData, Addr, ServiceRange>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
@@ -260,7 +262,8 @@ impl Datapath {
         }
         let mut ebpf = loader
             .map_max_entries(endpoint::MAP_NAME, endpoints)
-            .map_max_entries(ipcache::MAP_NAME, ipcache)
+            .map_max_entries(ipcache::MAP_NAMES[0], ipcache)
+            .map_max_entries(ipcache::MAP_NAMES[1], ipcache)
             .map_max_entries(policy::MAP_NAME, policy)
             .map_max_entries(services::MAP_NAME, services)
             .map_max_entries(conntrack::MAP_NAME, conntrack)
@@ -280,7 +283,10 @@ impl Datapath {
         }
         Ok(Self {
             endpoints: take_map(&mut ebpf, endpoint::MAP_NAME)?,
-            ipcache: take_map(&mut ebpf, ipcache::MAP_NAME)?,
+            ipcache: [
+                take_map(&mut ebpf, ipcache::MAP_NAMES[0])?,
+                take_map(&mut ebpf, ipcache::MAP_NAMES[1])?,
+            ],
             policy: take_map(&mut ebpf, policy::MAP_NAME)?,
             services: take_map(&mut ebpf, services::MAP_NAME)?,
             conntrack: take_map(&mut ebpf, conntrack::MAP_NAME)?,
@@ -354,13 +360,21 @@ impl Datapath {
             .map_err(update_error(endpoint::MAP_NAME, "remove"))
     }
 
-    /// Maps the prefix `addr/len` (address bits, without the family word) to `class`.
-    pub fn insert_prefix(&mut self, addr: Addr, len: u32, class: u32) -> Result<(), EbpfError> {
+    /// Maps the prefix `addr/len` (address bits, without the family word) to `class` in the
+    /// trie of `generation` (0 or `GENERATION_BIT`).
+    pub fn insert_prefix(
+        &mut self,
+        generation: u32,
+        addr: Addr,
+        len: u32,
+        class: u32,
+    ) -> Result<(), EbpfError> {
         let key = Key::new(ipcache::lpm_prefix_len(len), addr);
         let capacity = self.sizes.ipcache;
-        self.ipcache
+        let index = ipcache::generation_index(generation);
+        self.ipcache[index]
             .insert(&key, PeerClass { id: class }, 0)
-            .map_err(insert_error(ipcache::MAP_NAME, capacity))
+            .map_err(insert_error(ipcache::MAP_NAMES[index], capacity))
     }
 
     /// Adds an allow entry; `prefix_len` counts bits of the key data (see
@@ -397,10 +411,16 @@ impl Datapath {
             .map_err(update_error(services::MAP_NAME, "insert"))
     }
 
-    pub fn remove_prefix(&mut self, addr: Addr, len: u32) -> Result<(), EbpfError> {
+    pub fn remove_prefix(
+        &mut self,
+        generation: u32,
+        addr: Addr,
+        len: u32,
+    ) -> Result<(), EbpfError> {
         let key = Key::new(ipcache::lpm_prefix_len(len), addr);
-        tolerate_missing(self.ipcache.remove(&key))
-            .map_err(update_error(ipcache::MAP_NAME, "remove"))
+        let index = ipcache::generation_index(generation);
+        tolerate_missing(self.ipcache[index].remove(&key))
+            .map_err(update_error(ipcache::MAP_NAMES[index], "remove"))
     }
 
     pub fn remove_policy(&mut self, prefix_len: u32, key: PolicyKey) -> Result<(), EbpfError> {
@@ -422,9 +442,10 @@ impl Datapath {
             .map_err(update_error(endpoint::MAP_NAME, "read"))
     }
 
-    /// Every ipcache entry: (address, prefix length in address bits, class).
-    pub fn prefixes(&self) -> Result<Vec<(Addr, u32, u32)>, EbpfError> {
-        self.ipcache
+    /// Every ipcache entry of `generation`: (address, prefix length in address bits, class).
+    pub fn prefixes(&self, generation: u32) -> Result<Vec<(Addr, u32, u32)>, EbpfError> {
+        let index = ipcache::generation_index(generation);
+        self.ipcache[index]
             .iter()
             .map(|entry| {
                 entry.map(|(key, class)| {
@@ -436,7 +457,7 @@ impl Datapath {
                 })
             })
             .collect::<Result<_, _>>()
-            .map_err(update_error(ipcache::MAP_NAME, "read"))
+            .map_err(update_error(ipcache::MAP_NAMES[index], "read"))
     }
 
     /// Every allow entry: (prefix length, key, rule).
@@ -494,8 +515,10 @@ impl Datapath {
         for (addr, _) in self.endpoints()? {
             self.remove_endpoint(&addr)?;
         }
-        for (addr, len, _) in self.prefixes()? {
-            self.remove_prefix(addr, len)?;
+        for generation in [0, GENERATION_BIT] {
+            for (addr, len, _) in self.prefixes(generation)? {
+                self.remove_prefix(generation, addr, len)?;
+            }
         }
         for (prefix_len, key, _) in self.policies()? {
             self.remove_policy(prefix_len, key)?;
