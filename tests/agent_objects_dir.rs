@@ -208,7 +208,7 @@ fn bad_input_is_reported_and_disturbs_nothing_else() {
         let metrics = agent.metrics(&world.node.node).unwrap_or_default();
         metric(
             &metrics,
-            "netpol_source_problems_total{reason=\"unparsable_file\"}",
+            "netpol_source_problems_total{reason=\"rejected_document\"}",
         ) >= 1.0
             && metric(
                 &metrics,

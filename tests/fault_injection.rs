@@ -1123,3 +1123,100 @@ fn a_restart_with_a_large_state_neither_drops_allowed_nor_passes_denied_connecti
     assert_eq!(allowed_passed, allowed_tried, "allowed connections dropped");
     assert_eq!(denied_passed, 0, "denied connections passed");
 }
+
+/// Egress to a Service is judged on its backend, after kube-proxy's DNAT, for every address
+/// the agent learns from Service objects, with no `--service-cidr` beyond the default: an
+/// IPv4 ClusterIP outside 10.96.0.0/12 (as ACK clusters use) and an IPv6 one. Before, both
+/// were judged on the ClusterIP itself: egress allowed to pods was dropped, and on the
+/// iptables backend a ClusterIP inside an allowed ipBlock let the client reach a backend that
+/// the block's `except` denies.
+#[test]
+fn egress_to_services_is_judged_on_the_backend_without_configuring_their_range() {
+    if !require_root("egress_to_services_is_judged_on_the_backend_without_configuring_their_range")
+    {
+        return;
+    }
+    const VIP4: &str = "192.168.5.10";
+    const VIP6: &str = "fd00:96::10";
+    for backend in ["ebpf", "iptables"] {
+        let fixture = Fixture::new(
+            "services",
+            &[
+                "10.244.1.2",
+                "10.244.1.10",
+                "fd00:10:244:1::2",
+                "fd00:10:244:1::a",
+                "10.244.1.3",
+            ],
+        );
+        let _v6_server = fixture.node.pods[3].netns.serve_at(
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            80,
+            "hello",
+        );
+        fixture.write_pod(0, "client", "client");
+        fixture.write_pod(1, "target", "target");
+        fixture.write_pod(2, "client6", "client");
+        fixture.write_pod(3, "target6", "target");
+        fixture.write_pod(4, "stranger", "stranger");
+        fixture.node.add_service(VIP4, 80, "10.244.1.10");
+        fixture.node.add_service(VIP6, 80, "fd00:10:244:1::a");
+        fixture.write(
+            "services.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: target\n  namespace: default\nspec:\n  clusterIP: {VIP4}\n  clusterIPs: [{VIP4}, \"{VIP6}\"]\n  ports:\n  - port: 80\n"
+            ),
+        );
+        // The clients may reach the targets (by pod selector), nothing else.
+        let egress = |name: &str, to: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: client\n  policyTypes: [Egress]\n  egress:\n  - to:\n{to}"
+            )
+        };
+        fixture.write(
+            "policy.yaml",
+            &egress(
+                "clients-to-targets",
+                "    - podSelector:\n        matchLabels:\n          role: target\n",
+            ),
+        );
+        let agent = fixture.start(&["--backend", backend], None);
+        assert_denied(&fixture, 0, &[4], &format!("{backend}: enforced"));
+        let through = |from: usize, vip: &str| {
+            fixture.node.pods[from]
+                .netns
+                .tcp_probe_within(ip(vip), 80, QUICK)
+        };
+        for (from, vip) in [(0, VIP4), (2, VIP6)] {
+            assert!(
+                within(STEP_TIMEOUT, || through(from, vip)).is_some(),
+                "{backend}: egress allowed to the backend pod is dropped at the Service {vip}\n{}",
+                agent.log_text()
+            );
+        }
+        // An ipBlock that holds the ClusterIPs but excepts the backends: denied.
+        fixture.write(
+            "policy.yaml",
+            &egress(
+                "clients-to-the-world-but-targets",
+                "    - ipBlock:\n        cidr: 0.0.0.0/0\n        except: [10.244.1.10/32]\n    - ipBlock:\n        cidr: ::/0\n        except: [fd00:10:244:1::a/128]\n",
+            ),
+        );
+        for (from, vip) in [(0, VIP4), (2, VIP6)] {
+            assert!(
+                within(STEP_TIMEOUT, || !through(from, vip)).is_some(),
+                "{backend}: the ClusterIP {vip} inside the allowed block opens an excepted backend"
+            );
+        }
+        assert!(
+            agent.log_text().contains("judged after kube-proxy's DNAT"),
+            "the log says which Service addresses are judged after DNAT"
+        );
+        let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+        assert_eq!(
+            metric(&metrics, "netpol_service_ranges"),
+            3.0,
+            "the default range and the two ClusterIPs: {metrics}"
+        );
+    }
+}

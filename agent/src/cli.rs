@@ -69,7 +69,9 @@ pub struct RunArgs {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "127.0.0.1:9990")]
     pub listen: SocketAddr,
-    /// Service ClusterIP ranges (repeatable): egress to them is decided after kube-proxy's DNAT.
+    /// Service ranges (repeatable) whose egress is decided after kube-proxy's DNAT, in addition
+    /// to the addresses the agent learns from Service objects (cluster, external and
+    /// load-balancer IPs).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12")]
     pub service_cidrs: Vec<String>,
     /// Uplink interfaces (repeatable); default: those holding the default routes.
@@ -103,6 +105,9 @@ pub struct SizeArgs {
     /// Capacity of the policy map.
     #[arg(long, default_value_t = MapSizes::default().policy)]
     pub max_policy_entries: u32,
+    /// Capacity of the Service addresses map (learned addresses and --service-cidr ranges).
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    pub max_services: u32,
     /// Capacity of the connection-tracking map.
     #[arg(long, default_value_t = MapSizes::default().conntrack)]
     pub max_connections: u32,
@@ -164,12 +169,14 @@ impl RunArgs {
             max_endpoints,
             max_prefixes,
             max_policy_entries,
+            max_services,
             max_connections,
         } = self.sizes;
         let sizes = MapSizes {
             endpoints: max_endpoints,
             ipcache: max_prefixes,
             policy: max_policy_entries,
+            services: max_services,
             conntrack: max_connections,
             ..MapSizes::default()
         };
@@ -351,6 +358,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 ObjectKind::Pod,
                 ObjectKind::NetworkPolicy,
                 ObjectKind::ConfigMap,
+                ObjectKind::Service,
             ]),
             stale_after: config.stale_after,
         },

@@ -57,6 +57,7 @@ struct Inner {
     endpoints_without_interface: u64,
     endpoints_not_enforced: BTreeMap<NotEnforced, u64>,
     sources_failing: BTreeMap<ObjectKind, Duration>,
+    service_ranges: u64,
     dead: Option<String>,
     not_ready_reason: String,
     switch_off_by_odd_value: u64,
@@ -118,6 +119,11 @@ impl Metrics {
     /// Selected local pods that are not enforced as their policies say, by reason.
     pub fn set_endpoints_not_enforced(&self, counts: BTreeMap<NotEnforced, u64>) {
         self.with(|inner| inner.endpoints_not_enforced = counts);
+    }
+
+    /// Service ranges and addresses whose egress is judged after DNAT.
+    pub fn set_service_ranges(&self, count: u64) {
+        self.with(|inner| inner.service_ranges = count);
     }
 
     /// Kinds whose watch is failing, and for how long.
@@ -264,6 +270,8 @@ impl Metrics {
             for (kind, failing) in &inner.sources_failing {
                 let _ = writeln!(out, "netpol_source_failing_seconds{{kind=\"{}\"}} {}", kind.name(), failing.as_secs());
             }
+            gauge(&mut out, "netpol_service_ranges", "Service ranges (flags) and Service addresses (learned) whose egress is judged after DNAT.");
+            let _ = writeln!(out, "netpol_service_ranges {}", inner.service_ranges);
             gauge(&mut out, "netpol_endpoints", "Local pods enforced on this node.");
             let _ = writeln!(out, "netpol_endpoints {}", inner.endpoints);
             gauge(&mut out, "netpol_endpoints_not_enforced", "Selected local pods not enforced as their policies say, by reason (not_programmed pods are denied everything).");

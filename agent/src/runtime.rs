@@ -31,7 +31,7 @@ use crate::{
     policy::{Delta, Direction, Engine},
     source::{
         ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectId, ObjectKind, SourceEvent,
-        disable_network_policy_value, enforcement_enabled, plainly_disables,
+        disable_network_policy_value, enforcement_enabled, plainly_disables, service_addresses,
     },
 };
 
@@ -49,7 +49,8 @@ pub struct RuntimeConfig {
     pub node_name: String,
     /// Uplinks by name; `None` means the interfaces holding the default routes.
     pub uplinks: Option<Vec<String>>,
-    /// Service (ClusterIP) ranges, whose egress is decided after DNAT.
+    /// Service ranges given by flags, whose egress is decided after DNAT, in addition to the
+    /// addresses of the Service objects.
     pub service_ranges: Vec<(IpAddr, u8)>,
     /// The kinds whose first list must complete before anything is programmed.
     pub kinds: BTreeSet<ObjectKind>,
@@ -102,6 +103,8 @@ pub struct Runtime<B: Backend> {
     pins_swept: bool,
     /// Kinds whose watch is failing: since when, and the last error.
     failing_sources: BTreeMap<ObjectKind, (Instant, String)>,
+    /// The Service ranges and addresses the backend holds (`None` until written).
+    service_ranges: Option<Vec<(Addr, u8)>>,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -133,6 +136,7 @@ impl<B: Backend> Runtime<B> {
             handover: None,
             pins_swept: false,
             failing_sources: BTreeMap::new(),
+            service_ranges: None,
         }
     }
 
@@ -310,6 +314,7 @@ impl<B: Backend> Runtime<B> {
                 None => Delta::default(),
             };
             self.refresh_pod_interfaces();
+            self.apply_service_ranges();
             if let Err(error) = self.backend.apply(&delta, &self.pod_interfaces) {
                 tracing::error!(
                     error = &error as &dyn std::error::Error,
@@ -467,22 +472,19 @@ impl<B: Backend> Runtime<B> {
         self.engine = Some(engine);
         self.interfaces = self.discover();
         self.refresh_pod_interfaces();
-        let ranges: Vec<(Addr, u8)> = self
-            .config
-            .service_ranges
-            .iter()
-            .map(|(ip, len)| (Addr::from(*ip), *len))
-            .collect();
+        let ranges = self.wanted_service_ranges();
         let state = match &self.engine {
             Some(engine) => engine.state().clone(),
             None => return,
         };
+        self.service_ranges = None;
         let result = self
             .backend
             .set_service_ranges(&ranges)
             .and_then(|()| self.backend.converge(&state, &self.pod_interfaces));
         match result {
             Ok(()) => {
+                self.note_service_ranges(ranges);
                 self.in_sync = true;
                 self.not_programmed.clear();
                 tracing::info!(
@@ -503,6 +505,66 @@ impl<B: Backend> Runtime<B> {
             }
         }
         self.reconcile_attachments();
+    }
+
+    /// The flags' Service ranges and every address of the Service objects (as /32 and /128).
+    fn wanted_service_ranges(&self) -> Vec<(Addr, u8)> {
+        let mut ranges: BTreeSet<(Addr, u8)> = self
+            .config
+            .service_ranges
+            .iter()
+            .map(|(ip, len)| (Addr::from(*ip), *len))
+            .collect();
+        for object in self.objects.current.values() {
+            if let ClusterObject::Service(service) = object {
+                for ip in service_addresses(service) {
+                    let len = if ip.is_ipv4() { 32 } else { 128 };
+                    ranges.insert((Addr::from(ip), len));
+                }
+            }
+        }
+        ranges.into_iter().collect()
+    }
+
+    /// Writes the Service ranges when they changed; a failure denies the selected pods (their
+    /// egress to a Service would be judged on its address) until a converge holds.
+    fn apply_service_ranges(&mut self) {
+        let ranges = self.wanted_service_ranges();
+        if self.service_ranges.as_ref() == Some(&ranges) {
+            return;
+        }
+        match self.backend.set_service_ranges(&ranges) {
+            Ok(()) => self.note_service_ranges(ranges),
+            Err(error) => {
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "writing the Service addresses failed; denying the selected pods' new connections and converging the whole state"
+                );
+                self.metrics.count_programming_error("service_ranges");
+                self.in_sync = false;
+                self.fail_closed(None);
+            }
+        }
+    }
+
+    /// Records (and says) which destinations egress is judged after DNAT for.
+    fn note_service_ranges(&mut self, ranges: Vec<(Addr, u8)>) {
+        let learned = ranges
+            .len()
+            .saturating_sub(self.config.service_ranges.len());
+        let flags: Vec<String> = self
+            .config
+            .service_ranges
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        tracing::info!(
+            ranges = ?flags,
+            service_addresses = learned,
+            "egress to these Service ranges and Service addresses is judged after kube-proxy's DNAT"
+        );
+        self.metrics.set_service_ranges(ranges.len() as u64);
+        self.service_ranges = Some(ranges);
     }
 
     /// The engine change an object's current state amounts to (`None` when it is not ours).
@@ -545,7 +607,7 @@ impl<B: Backend> Runtime<B> {
                     converted.rejections,
                 )
             }
-            ClusterObject::ConfigMap(_) => return None,
+            ClusterObject::ConfigMap(_) | ClusterObject::Service(_) => return None,
         };
         for rejection in rejections {
             tracing::warn!(kind = %rejection.kind, object = %rejection.object, reason = %rejection.reason, "rejected");
@@ -799,6 +861,7 @@ impl<B: Backend> Runtime<B> {
             ObjectKind::Pod,
             ObjectKind::NetworkPolicy,
             ObjectKind::ConfigMap,
+            ObjectKind::Service,
         ] {
             self.metrics
                 .set_objects(kind.name(), counts.get(kind.name()).copied().unwrap_or(0));
@@ -856,7 +919,7 @@ fn delete_change(id: &ObjectId) -> Option<Change> {
             &id.namespace,
             &id.name,
         ))),
-        ObjectKind::ConfigMap => None,
+        ObjectKind::ConfigMap | ObjectKind::Service => None,
     }
 }
 
@@ -1074,5 +1137,44 @@ mod tests {
         assert!(runtime.metrics.render().contains(
             "netpol_rejected_objects_total{kind=\"networkpolicy\",reason=\"undecodable\"} 1"
         ));
+    }
+
+    #[test]
+    fn service_addresses_are_learned_from_service_objects_and_follow_them() {
+        let mut runtime = runtime();
+        for event in initial_events(vec![pod("a", "10.244.1.10")]) {
+            runtime.handle(event);
+        }
+        runtime.reconcile();
+        assert!(
+            runtime.backend.service_ranges.is_empty(),
+            "no flags, no Services"
+        );
+
+        let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIPs": ["192.168.5.10", "fd00:96::10"], "externalIPs": ["198.51.100.9"]},
+        }))
+        .expect("service");
+        let service = ClusterObject::Service(Box::new(service));
+        let id = service.id();
+        runtime.handle(SourceEvent::Apply(service));
+        runtime.reconcile();
+        let ranges: Vec<String> = runtime
+            .backend
+            .service_ranges
+            .iter()
+            .map(|(addr, len)| format!("{}/{len}", addr.to_ip().expect("an address")))
+            .collect();
+        assert_eq!(
+            ranges,
+            ["192.168.5.10/32", "198.51.100.9/32", "fd00:96::10/128"]
+        );
+        runtime.handle(SourceEvent::Delete(id));
+        runtime.reconcile();
+        assert!(
+            runtime.backend.service_ranges.is_empty(),
+            "gone with the Service"
+        );
     }
 }

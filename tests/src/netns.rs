@@ -105,9 +105,14 @@ impl Netns {
         })
     }
 
-    /// A TCP and UDP server on `port` inside this namespace that answers every connection or
-    /// datagram with `reply`. Stops when the returned guard drops.
+    /// A TCP and UDP server on `port` (IPv4) inside this namespace that answers every
+    /// connection or datagram with `reply`. Stops when the returned guard drops.
     pub fn serve(&self, port: u16, reply: &'static str) -> Server {
+        self.serve_at(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port, reply)
+    }
+
+    /// [`Netns::serve`] on the address `at` (`::` for IPv6).
+    pub fn serve_at(&self, at: IpAddr, port: u16, reply: &'static str) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let path = format!("/run/netns/{}", self.name);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -115,8 +120,8 @@ impl Netns {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 enter(&path);
-                let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind TCP server");
-                let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP server");
+                let tcp = TcpListener::bind((at, port)).expect("bind TCP server");
+                let udp = UdpSocket::bind((at, port)).expect("bind UDP server");
                 tcp.set_nonblocking(true).expect("nonblocking listener");
                 udp.set_read_timeout(Some(Duration::from_millis(20)))
                     .expect("UDP timeout");
@@ -508,13 +513,18 @@ impl SimulatedNode {
     }
 
     /// kube-proxy's part: DNAT `vip:port` (TCP and UDP) to `backend:port`, for forwarded and
-    /// node-originated traffic.
+    /// node-originated traffic (IPv4 or IPv6, as the addresses are).
     pub fn add_service(&self, vip: &str, port: u16, backend: &str) {
+        let (tool, destination) = if vip.contains(':') {
+            ("ip6tables", format!("[{backend}]:{port}"))
+        } else {
+            ("iptables", format!("{backend}:{port}"))
+        };
         let port = port.to_string();
         for chain in ["PREROUTING", "OUTPUT"] {
             for protocol in ["tcp", "udp"] {
                 self.node.exec(
-                    "iptables",
+                    tool,
                     &[
                         "-t",
                         "nat",
@@ -529,7 +539,7 @@ impl SimulatedNode {
                         "-j",
                         "DNAT",
                         "--to-destination",
-                        &format!("{backend}:{port}"),
+                        &destination,
                     ],
                 );
             }

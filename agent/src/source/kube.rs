@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Pod},
+    core::v1::{ConfigMap, Namespace, Pod, Service},
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 
 use super::{
     ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectId, ObjectKind, SourceEvent,
+    slim_service,
 };
 
 /// The delay after a first error, doubled per consecutive error up to [`RETRY_MAX`]; each
@@ -49,7 +50,7 @@ const QUIET: Duration = Duration::from_secs(2);
 /// A probe that takes longer than this counts as failed (a black-holed server).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Watches the four kinds until the receiver is dropped.
+/// Watches the five kinds until the receiver is dropped.
 pub async fn run(client: Client, events: mpsc::Sender<SourceEvent>) {
     let eni_config = watcher::Config::default().fields(&format!("metadata.name={ENI_CONFIG_NAME}"));
     tokio::join!(
@@ -72,6 +73,13 @@ pub async fn run(client: Client, events: mpsc::Sender<SourceEvent>) {
             watcher::Config::default(),
             ObjectKind::NetworkPolicy,
             ClusterObject::NetworkPolicy,
+            events.clone(),
+        ),
+        watch(
+            Api::all_with(client.clone(), &ApiResource::erase::<Service>(&())),
+            watcher::Config::default(),
+            ObjectKind::Service,
+            |service: Box<Service>| ClusterObject::Service(Box::new(slim_service(*service))),
             events.clone(),
         ),
         watch(

@@ -7,9 +7,17 @@
 pub mod kube;
 pub mod objects_dir;
 
-use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Pod},
-    networking::v1::NetworkPolicy,
+use std::net::IpAddr;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Pod, Service,
+            ServiceSpec, ServiceStatus,
+        },
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 /// The kinds the agent watches.
@@ -20,6 +28,8 @@ pub enum ObjectKind {
     NetworkPolicy,
     /// Only `kube-system/eni-config` matters (the switch).
     ConfigMap,
+    /// Only their addresses matter: egress to them is judged after kube-proxy's DNAT.
+    Service,
 }
 
 impl ObjectKind {
@@ -29,6 +39,7 @@ impl ObjectKind {
             Self::Pod => "pod",
             Self::NetworkPolicy => "networkpolicy",
             Self::ConfigMap => "configmap",
+            Self::Service => "service",
         }
     }
 }
@@ -76,6 +87,8 @@ pub enum ClusterObject {
     Pod(Box<Pod>),
     NetworkPolicy(Box<NetworkPolicy>),
     ConfigMap(Box<ConfigMap>),
+    /// A slim copy ([`slim_service`]).
+    Service(Box<Service>),
 }
 
 impl ClusterObject {
@@ -85,6 +98,7 @@ impl ClusterObject {
             Self::Pod(object) => (ObjectKind::Pod, &object.metadata),
             Self::NetworkPolicy(object) => (ObjectKind::NetworkPolicy, &object.metadata),
             Self::ConfigMap(object) => (ObjectKind::ConfigMap, &object.metadata),
+            Self::Service(object) => (ObjectKind::Service, &object.metadata),
         };
         ObjectId::new(kind, metadata)
     }
@@ -148,6 +162,76 @@ pub fn plainly_disables(value: &str) -> bool {
     matches!(value.trim(), "true" | "1")
 }
 
+/// What the agent keeps of a Service: its name and the addresses kube-proxy DNATs on a node
+/// (cluster IPs of both families, external IPs, load-balancer ingress IPs). Every node holds
+/// every Service of the cluster: ports, selectors, labels and annotations would be most of it.
+pub fn slim_service(service: Service) -> Service {
+    let spec = service.spec.map(|spec| ServiceSpec {
+        type_: spec.type_,
+        cluster_ip: spec.cluster_ip,
+        cluster_ips: spec.cluster_ips,
+        external_ips: spec.external_ips,
+        ..ServiceSpec::default()
+    });
+    let ingress = service
+        .status
+        .and_then(|status| status.load_balancer)
+        .and_then(|load_balancer| load_balancer.ingress)
+        .map(|ingress| {
+            ingress
+                .into_iter()
+                .filter(|ingress| ingress.ip.is_some())
+                .map(|ingress| LoadBalancerIngress {
+                    ip: ingress.ip,
+                    ..LoadBalancerIngress::default()
+                })
+                .collect()
+        });
+    Service {
+        metadata: ObjectMeta {
+            name: service.metadata.name,
+            namespace: service.metadata.namespace,
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: ingress.map(|ingress| ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(ingress),
+            }),
+            ..ServiceStatus::default()
+        }),
+    }
+}
+
+/// The addresses of a Service that kube-proxy DNATs: cluster IPs ("None" for headless
+/// Services is none), external IPs and load-balancer ingress IPs. Unparsable ones are skipped.
+pub fn service_addresses(service: &Service) -> Vec<IpAddr> {
+    let mut texts: Vec<&str> = Vec::new();
+    if let Some(spec) = &service.spec {
+        texts.extend(spec.cluster_ip.as_deref());
+        texts.extend(spec.cluster_ips.iter().flatten().map(String::as_str));
+        texts.extend(spec.external_ips.iter().flatten().map(String::as_str));
+    }
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|load_balancer| load_balancer.ingress.as_ref());
+    texts.extend(
+        ingress
+            .into_iter()
+            .flatten()
+            .filter_map(|ingress| ingress.ip.as_deref()),
+    );
+    let mut addresses: Vec<IpAddr> = texts
+        .into_iter()
+        .filter_map(|text| text.trim().parse().ok())
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -179,5 +263,39 @@ mod tests {
                 "{value:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_service_is_kept_slim_with_every_address_kube_proxy_dnats() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"},
+                         "annotations": {"big": "x"}},
+            "spec": {"type": "LoadBalancer", "clusterIP": "192.168.5.10",
+                     "clusterIPs": ["192.168.5.10", "fd00:96::10"],
+                     "externalIPs": ["198.51.100.9"], "selector": {"app": "web"},
+                     "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}, {"hostname": "lb.example"}]}},
+        }))
+        .expect("a service");
+        let slim = slim_service(service);
+        assert!(slim.metadata.labels.is_none() && slim.metadata.annotations.is_none());
+        assert!(
+            slim.spec
+                .as_ref()
+                .is_some_and(|spec| spec.ports.is_none() && spec.selector.is_none())
+        );
+        let addresses: Vec<String> = service_addresses(&slim)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            addresses,
+            ["192.168.5.10", "198.51.100.9", "203.0.113.7", "fd00:96::10"]
+        );
+        let headless: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db"}, "spec": {"clusterIP": "None"},
+        }))
+        .expect("a service");
+        assert!(service_addresses(&headless).is_empty());
     }
 }

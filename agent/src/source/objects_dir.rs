@@ -1,8 +1,8 @@
 //! `--objects-dir DIR`: cluster objects from YAML files, for a machine with no cluster.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory holds one or more
-//! documents (`---`-separated) of kind Namespace, Pod, NetworkPolicy or ConfigMap (a `List` of
-//! them works too). The directory is read again every [`POLL_INTERVAL`]: a new or changed
+//! documents (`---`-separated) of kind Namespace, Pod, NetworkPolicy, ConfigMap or Service (a
+//! `List` of them works too). The directory is read again every [`POLL_INTERVAL`]: a new or changed
 //! object is applied, one that disappeared is deleted.
 //!
 //! Bad input is rejected one document at a time, as the API server rejects one object: the
@@ -220,11 +220,12 @@ impl Problems {
     }
 }
 
-const KINDS: [ObjectKind; 4] = [
+const KINDS: [ObjectKind; 5] = [
     ObjectKind::Namespace,
     ObjectKind::Pod,
     ObjectKind::NetworkPolicy,
     ObjectKind::ConfigMap,
+    ObjectKind::Service,
 ];
 
 async fn send_initial(
@@ -407,6 +408,8 @@ fn collect(
             serde_yaml::from_value(value).map(|o| ClusterObject::NetworkPolicy(Box::new(o)))
         }
         "ConfigMap" => serde_yaml::from_value(value).map(|o| ClusterObject::ConfigMap(Box::new(o))),
+        "Service" => serde_yaml::from_value(value)
+            .map(|o| ClusterObject::Service(Box::new(super::slim_service(o)))),
         "List" => {
             if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
                 for item in items {
@@ -440,6 +443,7 @@ fn identify(kind: &str, value: &serde_yaml::Value) -> Option<ObjectId> {
         "Pod" => ObjectKind::Pod,
         "NetworkPolicy" => ObjectKind::NetworkPolicy,
         "ConfigMap" => ObjectKind::ConfigMap,
+        "Service" => ObjectKind::Service,
         _ => return None,
     };
     let metadata = value.get("metadata")?;
@@ -478,6 +482,7 @@ mod tests {
 
     #[test]
     fn multi_document_files_yield_every_known_kind_and_skip_others() {
+        // A Deployment is not ours to read.
         let text = r#"
 apiVersion: v1
 kind: Namespace
@@ -486,6 +491,11 @@ metadata:
 ---
 apiVersion: v1
 kind: Service
+metadata:
+  name: nginx
+---
+apiVersion: apps/v1
+kind: Deployment
 metadata:
   name: nginx
 ---
@@ -502,7 +512,11 @@ spec:
         assert!(read.rejected.is_empty(), "{:?}", read.rejected);
         assert_eq!(
             ids(&read.objects),
-            ["namespace test-np", "networkpolicy test-np/deny"]
+            [
+                "namespace test-np",
+                "service nginx",
+                "networkpolicy test-np/deny"
+            ]
         );
     }
 

@@ -96,7 +96,7 @@ pub struct MapSizes {
     pub ipcache: u32,
     /// Allow entries.
     pub policy: u32,
-    /// Service address ranges.
+    /// Service ranges and addresses (every Service of the cluster has one or two).
     pub services: u32,
     /// Tracked connections (LRU: the oldest is evicted when full).
     pub conntrack: u32,
@@ -114,7 +114,7 @@ impl Default for MapSizes {
             endpoints: 1024,
             ipcache: 262_144,
             policy: 262_144,
-            services: 64,
+            services: 16_384,
             conntrack: 262_144,
             fragments: 8192,
             rules: 65_536,
@@ -406,9 +406,10 @@ impl Datapath {
     /// Marks `addr/len` as a Service range: egress to it is decided after DNAT.
     pub fn insert_service_range(&mut self, addr: Addr, len: u32) -> Result<(), EbpfError> {
         let key = Key::new(ipcache::lpm_prefix_len(len), addr);
+        let capacity = self.sizes.services;
         self.services
             .insert(&key, ServiceRange { flags: 0 }, 0)
-            .map_err(update_error(services::MAP_NAME, "insert"))
+            .map_err(insert_error(services::MAP_NAME, capacity))
     }
 
     pub fn remove_prefix(
