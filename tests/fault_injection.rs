@@ -1220,3 +1220,62 @@ fn egress_to_services_is_judged_on_the_backend_without_configuring_their_range()
         );
     }
 }
+
+/// A map too small for the state, fixed by raising its size: the restart moves the state to a
+/// map of the new size, with the old programs enforcing until the new ones hold it. Before,
+/// a pinned map kept its capacity across restarts, so the raised size never took effect and
+/// the pods that did not fit stayed denied and the agent not ready.
+#[test]
+fn a_raised_map_size_takes_effect_on_restart_without_a_gap() {
+    if !require_root("a_raised_map_size_takes_effect_on_restart_without_a_gap") {
+        return;
+    }
+    let addresses = [
+        "10.244.1.2",
+        "10.244.1.10",
+        "10.244.1.11",
+        "10.244.1.12",
+        "10.244.1.13",
+        "10.244.1.14",
+    ];
+    let fixture = Fixture::new("resize", &addresses);
+    fixture.write_pod(0, "client", "client");
+    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
+    fixture.write(
+        "policy.yaml",
+        &target_ingress("allow-client", client_peer, "    - port: 80\n"),
+    );
+    for index in 1..addresses.len() {
+        fixture.write_pod(index, &format!("target-{index}"), "target");
+    }
+    let mut agent = fixture.start(&["--max-endpoints", "4"], None);
+    let not_ready = within(STEP_TIMEOUT, || fixture.ready().0 == 503).is_some();
+    assert!(not_ready, "6 pods do not fit 4 entries");
+
+    let pin_dir = agent.pin_dir.clone();
+    agent.cleanup_on_drop = false;
+    agent.kill();
+    let mut agent = fixture.start(&["--max-endpoints", "16"], Some(pin_dir));
+    agent
+        .wait_ready(&fixture.node.node, Duration::from_secs(20))
+        .unwrap_or_else(|error| panic!("{error:#}\n{}", agent.log_text()));
+    let metrics = agent.metrics(&fixture.node.node).expect("metrics");
+    assert!(
+        metrics.contains("netpol_map_capacity{map=\"NP_ENDPOINTS\"} 16"),
+        "{metrics}"
+    );
+    assert!(
+        agent.log_text().contains("replacing a pinned map"),
+        "the replacement is logged"
+    );
+    // Every target is enforced as written: the client passes, the outside does not.
+    for to in 1..addresses.len() {
+        assert!(fixture.probe(0, to), "the client reaches target {to}");
+        let dst = fixture.node.pods[to].ip;
+        assert!(
+            !fixture.node.ext.tcp_probe_from(ip(ALLOWED_CLIENT), dst, 80),
+            "target {to} is reachable from outside"
+        );
+    }
+    agent.cleanup_on_drop = true;
+}

@@ -135,7 +135,9 @@ pub enum EbpfError {
         #[source]
         source: MapError,
     },
-    #[error("map {name} is full ({capacity} entries): raise its size in the agent configuration")]
+    #[error(
+        "map {name} is full ({capacity} entries): raise its size in the agent configuration (a restart moves the state to a map of the new size)"
+    )]
     MapFull { name: &'static str, capacity: u32 },
     #[error("map {name}: {operation} failed")]
     MapUpdate {
@@ -241,6 +243,10 @@ impl Datapath {
             pin_dir,
             attach_mode,
         } = options;
+        let mut sizes = *sizes;
+        if let Some(dir) = pin_dir {
+            replace_resized_pins(dir, &mut sizes);
+        }
         let MapSizes {
             endpoints,
             ipcache,
@@ -249,7 +255,7 @@ impl Datapath {
             conntrack,
             fragments,
             rules,
-        } = *sizes;
+        } = sizes;
         let mut loader = EbpfLoader::new();
         if let Some(dir) = pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| EbpfError::Pin {
@@ -296,7 +302,7 @@ impl Datapath {
             rule_hits: take_map(&mut ebpf, metrics::RULE_HITS_MAP_NAME)?,
             events: Some(take_map(&mut ebpf, agent_common::events::MAP_NAME)?),
             ebpf,
-            sizes: *sizes,
+            sizes,
             attach_mode: *attach_mode,
             pin_dir: pin_dir.clone(),
         })
@@ -614,6 +620,94 @@ fn sum_cpus(per_cpu: &[Counter]) -> Counter {
             packets: sum.packets + cell.packets,
             bytes: sum.bytes + cell.bytes,
         })
+}
+
+/// Pinned maps whose capacity, key or value size is not what this agent wants.
+///
+/// Maps a converge rewrites whole (endpoints, ipcache, policy, Services) are replaced: their
+/// pins are removed, so the loader creates them anew. The programs attached now keep the old
+/// maps, and enforce with them, until the first converge has filled the new ones and the new
+/// programs replace them: no gap. Maps of traffic state (connections, fragments, counters)
+/// keep their capacity, which `sizes` is set to: a new connection table would judge the
+/// replies of open connections as new ones. `netpol-agent cleanup` resets those.
+fn replace_resized_pins(dir: &Path, sizes: &mut MapSizes) {
+    use std::mem::size_of;
+    // LPM trie keys carry a 4-byte prefix length.
+    let lpm = |data: usize| 4 + data;
+    let rewritten: [(&'static str, u32, usize, usize); 5] = [
+        (
+            endpoint::MAP_NAME,
+            sizes.endpoints,
+            size_of::<Addr>(),
+            size_of::<Endpoint>(),
+        ),
+        (
+            ipcache::MAP_NAMES[0],
+            sizes.ipcache,
+            lpm(size_of::<Addr>()),
+            size_of::<PeerClass>(),
+        ),
+        (
+            ipcache::MAP_NAMES[1],
+            sizes.ipcache,
+            lpm(size_of::<Addr>()),
+            size_of::<PeerClass>(),
+        ),
+        (
+            policy::MAP_NAME,
+            sizes.policy,
+            lpm(size_of::<PolicyKey>()),
+            size_of::<PolicyValue>(),
+        ),
+        (
+            services::MAP_NAME,
+            sizes.services,
+            lpm(size_of::<Addr>()),
+            size_of::<ServiceRange>(),
+        ),
+    ];
+    for (name, capacity, key_size, value_size) in rewritten {
+        let path = dir.join(name);
+        let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let wanted = (capacity, key_size as u32, value_size as u32);
+        let found = (pinned.max_entries(), pinned.key_size(), pinned.value_size());
+        if found == wanted {
+            continue;
+        }
+        tracing::warn!(
+            map = name,
+            pinned_capacity = found.0,
+            capacity,
+            "replacing a pinned map of another size or layout: the programs attached now keep enforcing with the old one until the new one holds the state"
+        );
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(
+                map = name,
+                error = &error as &dyn std::error::Error,
+                "cannot remove the pin; adopting it as it is"
+            );
+        }
+    }
+    for (name, wanted) in [
+        (conntrack::MAP_NAME, &mut sizes.conntrack),
+        (fragments::MAP_NAME, &mut sizes.fragments),
+        (metrics::RULE_HITS_MAP_NAME, &mut sizes.rules),
+    ] {
+        let Ok(pinned) = aya::maps::MapInfo::from_pin(dir.join(name)) else {
+            continue;
+        };
+        if pinned.max_entries() != *wanted {
+            tracing::warn!(
+                map = name,
+                pinned_capacity = pinned.max_entries(),
+                capacity = *wanted,
+                "keeping the pinned capacity of a traffic-state map (`netpol-agent cleanup` resets it)"
+            );
+            *wanted = pinned.max_entries();
+        }
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
