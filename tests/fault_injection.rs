@@ -377,13 +377,40 @@ fn forged_sources_from_a_pod_are_dropped_as_spoofed() {
 /// Sends a 1,208-byte UDP datagram as four fragments from `from`'s port `sport` to `to` with
 /// IP id `id`; returns how many fragments arrived. A new source port is a new connection (an
 /// allowed one goes on under a changed policy until it expires).
-fn fragments_delivered(fixture: &Fixture, from: usize, to: usize, sport: u16, id: u32) -> usize {
-    let src = fixture.node.pods[from].ip;
-    let fragments = raw::udp_fragments(src, fixture.node.pods[to].ip, sport, 80, id, 1200, 304);
+/// The port the fragment test's datagrams go to.
+const FRAGMENT_PORT: u16 = 7000;
+
+/// Sends a 1,200-byte UDP datagram from pod `from` to pod `to` as four 304-byte fragments with
+/// IP id `id`. Returns the bytes a socket at `to` received (1,200: it arrived whole) and the
+/// fragments from `from` seen on `to`'s interface, whatever their id (a backend that
+/// reassembles in conntrack sends the datagram on cut anew, IPv6 under an id of its own).
+fn send_fragmented(
+    fixture: &Fixture,
+    from: usize,
+    to: usize,
+    sport: u16,
+    id: u32,
+) -> (usize, usize) {
+    let (src, dst) = (fixture.node.pods[from].ip, fixture.node.pods[to].ip);
+    let fragments = raw::udp_fragments(src, dst, sport, FRAGMENT_PORT, id, 1200, 304);
     assert_eq!(fragments.len(), 4);
-    fixture.delivered(from, to, &fragments, |seen| {
-        seen.src == src && seen.fragment_id == Some(id)
-    })
+    let receiver = fixture.node.pods[to].netns.run(|| {
+        let socket = std::net::UdpSocket::bind((dst, FRAGMENT_PORT)).expect("bind the receiver");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        socket
+    });
+    let counter = raw::Counter::open(&fixture.node.pods[to].netns, "eth0");
+    raw::send(&fixture.node.pods[from].netns, &fragments);
+    let mut buffer = [0u8; 2048];
+    let received = receiver.recv(&mut buffer).unwrap_or(0);
+    let seen = counter
+        .collect(Duration::from_millis(200))
+        .iter()
+        .filter(|seen| seen.src == src && seen.fragment_id.is_some())
+        .count();
+    (received, seen)
 }
 
 #[test]
@@ -391,58 +418,60 @@ fn later_fragments_share_the_fate_of_their_first_fragment() {
     if !require_root("later_fragments_share_the_fate_of_their_first_fragment") {
         return;
     }
-    let fixture = Fixture::new(
-        "fragments",
-        &[
-            "10.244.1.2",
-            "10.244.1.10",
-            "fd00:10:244:1::2",
-            "fd00:10:244:1::10",
-        ],
-    );
-    fixture.write_pod(0, "client", "client");
-    fixture.write_pod(1, "target", "target");
-    fixture.write_pod(2, "client-v6", "client");
-    fixture.write_pod(3, "target-v6", "target");
-    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
-    let allow_udp = |port: u16| {
-        target_ingress(
-            "udp",
-            client_peer,
-            &format!("    - port: {port}\n      protocol: UDP\n"),
-        )
-    };
-    fixture.write("policy.yaml", &allow_udp(80));
-    let _agent = fixture.start(&[], None);
-    assert!(
-        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
-        "ready"
-    );
-    for (from, to, family) in [(0, 1, "IPv4"), (2, 3, "IPv6")] {
-        assert_eq!(
-            fragments_delivered(&fixture, from, to, 40_001, 0x4242),
-            4,
-            "{family}: an allowed fragmented datagram arrives whole"
+    for backend in ["ebpf", "iptables"] {
+        let fixture = Fixture::new(
+            "fragments",
+            &[
+                "10.244.1.2",
+                "10.244.1.10",
+                "fd00:10:244:1::2",
+                "fd00:10:244:1::10",
+            ],
         );
-    }
-    // Now the same client is denied: a datagram of a new connection with the same IP id must
-    // not ride on the earlier datagram's record.
-    fixture.write("policy.yaml", &allow_udp(81));
-    let mut sport = 41_000;
-    let mut next_port = || {
-        sport += 1;
-        sport
-    };
-    let holds = within(STEP_TIMEOUT, || {
-        fragments_delivered(&fixture, 0, 1, next_port(), 0x4343) == 0
-    });
-    assert!(holds.is_some(), "the new policy holds");
-    for (from, to, family) in [(0, 1, "IPv4"), (2, 3, "IPv6")] {
-        assert_eq!(
-            fragments_delivered(&fixture, from, to, next_port(), 0x4242),
-            0,
-            "{family}: fragments of a denied datagram arrived"
+        fixture.write_pod(0, "client", "client");
+        fixture.write_pod(1, "target", "target");
+        fixture.write_pod(2, "client-v6", "client");
+        fixture.write_pod(3, "target-v6", "target");
+        let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
+        let allow_udp = |port: u16| {
+            target_ingress(
+                "udp",
+                client_peer,
+                &format!("    - port: {port}\n      protocol: UDP\n"),
+            )
+        };
+        fixture.write("policy.yaml", &allow_udp(FRAGMENT_PORT));
+        let _agent = fixture.start(&["--backend", backend], None);
+        assert!(
+            within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+            "ready"
         );
+        for (from, to, family) in [(0, 1, "IPv4"), (2, 3, "IPv6")] {
+            assert_eq!(
+                send_fragmented(&fixture, from, to, 40_001, 0x4242).0,
+                1200,
+                "{backend}, {family}: an allowed fragmented datagram arrives whole"
+            );
+        }
+        // Now the same client is denied: a datagram of a new connection with the same IP id
+        // must not ride on the earlier datagram's record.
+        fixture.write("policy.yaml", &allow_udp(FRAGMENT_PORT + 1));
+        let mut sport = 41_000;
+        let mut next_port = || {
+            sport += 1;
+            sport
+        };
+        let holds = within(STEP_TIMEOUT, || {
+            send_fragmented(&fixture, 0, 1, next_port(), 0x4343) == (0, 0)
+        });
+        assert!(holds.is_some(), "{backend}: the new policy holds");
+        for (from, to, family) in [(0, 1, "IPv4"), (2, 3, "IPv6")] {
+            assert_eq!(
+                send_fragmented(&fixture, from, to, next_port(), 0x4242),
+                (0, 0),
+                "{backend}, {family}: (bytes, fragments) of a denied datagram arrived"
+            );
+        }
     }
 }
 
