@@ -325,58 +325,65 @@ fn forged_sources_from_a_pod_are_dropped_as_spoofed() {
     if !require_root("forged_sources_from_a_pod_are_dropped_as_spoofed") {
         return;
     }
-    let fixture = Fixture::new(
-        "spoofing",
-        &[
-            "10.244.1.2",
-            "10.244.1.10",
-            "10.244.1.11",
-            "fd00:10:244:1::2",
-            "fd00:10:244:1::10",
-        ],
-    );
-    fixture.write_pod(0, "attacker", "client");
-    fixture.write_pod(1, "target", "target");
-    fixture.write_pod(2, "bystander", "client");
-    fixture.write_pod(3, "attacker-v6", "client");
-    fixture.write_pod(4, "target-v6", "target");
-    // The target allows only the outside client, by ipBlock, in both families.
-    let from = format!(
-        "    - ipBlock:\n        cidr: {ALLOWED_CLIENT}/32\n    - ipBlock:\n        cidr: 2001:db8::10/128\n"
-    );
-    fixture.write(
-        "policy.yaml",
-        &target_ingress("outside-only", &from, "    - port: 80\n"),
-    );
-    let agent = fixture.start(&[], None);
-    assert!(
-        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
-        "ready"
-    );
-    assert_denied(&fixture, 0, &[1], "the attacker itself is denied");
+    for backend in ["ebpf", "iptables"] {
+        let fixture = Fixture::new(
+            "spoofing",
+            &[
+                "10.244.1.2",
+                "10.244.1.10",
+                "10.244.1.11",
+                "fd00:10:244:1::2",
+                "fd00:10:244:1::10",
+            ],
+        );
+        fixture.write_pod(0, "attacker", "client");
+        fixture.write_pod(1, "target", "target");
+        fixture.write_pod(2, "bystander", "client");
+        fixture.write_pod(3, "attacker-v6", "client");
+        fixture.write_pod(4, "target-v6", "target");
+        // The target allows only the outside client, by ipBlock, in both families.
+        let from = format!(
+            "    - ipBlock:\n        cidr: {ALLOWED_CLIENT}/32\n    - ipBlock:\n        cidr: 2001:db8::10/128\n"
+        );
+        fixture.write(
+            "policy.yaml",
+            &target_ingress("outside-only", &from, "    - port: 80\n"),
+        );
+        let agent = fixture.start(&["--backend", backend], None);
+        assert!(
+            within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+            "ready"
+        );
+        assert_denied(&fixture, 0, &[1], "the attacker itself is denied");
 
-    let cases = [
-        (0, 1, ip(ALLOWED_CLIENT), "an allowed outside client (IPv4)"),
-        (0, 1, fixture.node.pods[2].ip, "another local pod (IPv4)"),
-        (3, 4, ip("2001:db8::10"), "an allowed outside client (IPv6)"),
-    ];
-    for (from, to, claimed, what) in cases {
-        let delivered = forged_syns_delivered(&fixture, from, to, claimed);
-        assert_eq!(delivered, 0, "SYNs forged as {what} reached the target");
+        let cases = [
+            (0, 1, ip(ALLOWED_CLIENT), "an allowed outside client (IPv4)"),
+            (0, 1, fixture.node.pods[2].ip, "another local pod (IPv4)"),
+            (3, 4, ip("2001:db8::10"), "an allowed outside client (IPv6)"),
+        ];
+        for (from, to, claimed, what) in cases {
+            let delivered = forged_syns_delivered(&fixture, from, to, claimed);
+            assert_eq!(
+                delivered, 0,
+                "{backend}: SYNs forged as {what} reached the target"
+            );
+        }
+        let counted = || {
+            let metrics = agent.metrics(&fixture.node.node).unwrap_or_default();
+            metric(&metrics, "netpol_denied_packets_total{reason=\"spoofed\"") >= 15.0
+        };
+        assert!(
+            within(COUNTERS_TIMEOUT, counted).is_some(),
+            "{backend}: forged packets counted as spoofed"
+        );
+        // The pods' own traffic, and IPv6 neighbour discovery, still pass.
+        assert!(
+            fixture.probe(2, 0),
+            "{backend}: a pod's own connections pass"
+        );
     }
-    let counted = || {
-        let metrics = agent.metrics(&fixture.node.node).unwrap_or_default();
-        metric(&metrics, "netpol_denied_packets_total{reason=\"spoofed\"") >= 15.0
-    };
-    assert!(
-        within(COUNTERS_TIMEOUT, counted).is_some(),
-        "forged packets counted as spoofed"
-    );
 }
 
-/// Sends a 1,208-byte UDP datagram as four fragments from `from`'s port `sport` to `to` with
-/// IP id `id`; returns how many fragments arrived. A new source port is a new connection (an
-/// allowed one goes on under a changed policy until it expires).
 /// The port the fragment test's datagrams go to.
 const FRAGMENT_PORT: u16 = 7000;
 

@@ -241,18 +241,25 @@ fn measure(
     }
     let mut updated = state.clone();
     updated.apply(&deltas[0]);
-    let before = render::render(&state, &[], true);
+    let before = render::render(&state, &[], true, &render::PodSources::new());
     let ipt_render = median(
         (0..UPDATE_RUNS)
             .map(|_| {
                 let start = Instant::now();
-                std::hint::black_box(render::render(&state, &[], true));
+                std::hint::black_box(render::render(
+                    &state,
+                    &[],
+                    true,
+                    &render::PodSources::new(),
+                ));
                 start.elapsed()
             })
             .collect(),
     );
-    let (ipt_update_rules, ipt_update_entries) =
-        rewritten(&before, &render::render(&updated, &[], true));
+    let (ipt_update_rules, ipt_update_entries) = rewritten(
+        &before,
+        &render::render(&updated, &[], true, &render::PodSources::new()),
+    );
     let pods = PodInterfaces::new();
 
     // iptables: each full sync into an empty namespace (our chains and sets removed).

@@ -66,7 +66,10 @@ pub struct IptablesBackend {
     written: Option<Ruleset>,
     /// Counts of rules that were rewritten or removed, by comment.
     carried: BTreeMap<String, Count>,
+    /// Pod interfaces the runtime attached, by name.
     pods: BTreeSet<String>,
+    /// Pod addresses and the interface index they route through, as last given.
+    pod_addresses: PodInterfaces,
 }
 
 impl IptablesBackend {
@@ -91,6 +94,7 @@ impl IptablesBackend {
             written: None,
             carried: BTreeMap::new(),
             pods: BTreeSet::new(),
+            pod_addresses: PodInterfaces::new(),
         })
     }
 
@@ -100,7 +104,37 @@ impl IptablesBackend {
 
     /// What the backend would write for its current state.
     pub fn render(&self) -> Ruleset {
-        render::render(&self.state, &self.service_ranges, self.enforce)
+        render::render(
+            &self.state,
+            &self.service_ranges,
+            self.enforce,
+            &self.pod_sources(),
+        )
+    }
+
+    /// Every attached pod interface with the addresses routed through it (none for an
+    /// interface whose pod the agent does not know: all it sends is dropped).
+    fn pod_sources(&self) -> render::PodSources {
+        let mut sources = render::PodSources::new();
+        let mut by_index = BTreeMap::new();
+        for iface in &self.pods {
+            let Ok(name) = std::ffi::CString::new(iface.as_str()) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated name; the call only reads it.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            // Gone: nothing arrives on it any more.
+            if index != 0 {
+                by_index.insert(index, iface.clone());
+                sources.insert(iface.clone(), Vec::new());
+            }
+        }
+        for (addr, index) in &self.pod_addresses {
+            if let Some(iface) = by_index.get(index) {
+                sources.entry(iface.clone()).or_default().push(*addr);
+            }
+        }
+        sources
     }
 
     /// Writes the current state: everything when `full` or after a failure, otherwise what
@@ -299,13 +333,15 @@ impl Backend for IptablesBackend {
         "iptables"
     }
 
-    fn converge(&mut self, state: &NodeState, _pods: &PodInterfaces) -> Result<(), BackendError> {
+    fn converge(&mut self, state: &NodeState, pods: &PodInterfaces) -> Result<(), BackendError> {
         self.state = state.clone();
+        self.pod_addresses = pods.clone();
         Ok(self.sync(true)?)
     }
 
-    fn apply(&mut self, delta: &Delta, _pods: &PodInterfaces) -> Result<(), BackendError> {
+    fn apply(&mut self, delta: &Delta, pods: &PodInterfaces) -> Result<(), BackendError> {
         self.state.apply(delta);
+        self.pod_addresses = pods.clone();
         let full = self.written.is_none();
         Ok(self.sync(full)?)
     }
@@ -313,8 +349,9 @@ impl Backend for IptablesBackend {
     fn fail_closed(
         &mut self,
         endpoints: &BTreeMap<Addr, Endpoint>,
-        _pods: &PodInterfaces,
+        pods: &PodInterfaces,
     ) -> Result<(), BackendError> {
+        self.pod_addresses = pods.clone();
         // Their dispatch rules then jump to the empty set's chains, which drop everything new.
         self.state
             .endpoints
@@ -339,15 +376,20 @@ impl Backend for IptablesBackend {
     }
 
     fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
-        // Nothing to attach: the hooks are per node. Pod interfaces are only remembered.
-        if role == InterfaceRole::Pod {
-            self.pods.insert(iface.to_owned());
+        // The hooks are per node; a pod interface gets its spoofing check.
+        if role == InterfaceRole::Pod
+            && self.pods.insert(iface.to_owned())
+            && self.written.is_some()
+        {
+            self.sync(false)?;
         }
         Ok(())
     }
 
     fn detach(&mut self, iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
-        self.pods.remove(iface);
+        if self.pods.remove(iface) && self.written.is_some() {
+            self.sync(false)?;
+        }
         Ok(())
     }
 
@@ -384,6 +426,8 @@ impl Backend for IptablesBackend {
                 (DropReason::Policy.name(), direction)
             } else if let Some(direction) = comment.strip_prefix("np-invalid-") {
                 (DropReason::Malformed.name(), direction)
+            } else if let Some(direction) = comment.strip_prefix("np-spoofed-") {
+                (DropReason::Spoofed.name(), direction)
             } else {
                 continue;
             };

@@ -148,8 +148,17 @@ impl Ruleset {
     }
 }
 
+/// Pod interfaces by name, each with the addresses of the pods behind it: anything else a pod
+/// sends is forged.
+pub type PodSources = BTreeMap<String, Vec<Addr>>;
+
 /// Renders `state` for both families.
-pub fn render(state: &NodeState, service_ranges: &[(Addr, u8)], enforce: bool) -> Ruleset {
+pub fn render(
+    state: &NodeState,
+    service_ranges: &[(Addr, u8)],
+    enforce: bool,
+    pod_sources: &PodSources,
+) -> Ruleset {
     let mut ruleset = Ruleset::default();
     for family in Family::BOTH {
         let sets = class_sets(state, family);
@@ -163,7 +172,10 @@ pub fn render(state: &NodeState, service_ranges: &[(Addr, u8)], enforce: bool) -
             .map(|(addr, len)| IpPrefix::new(*addr, *len))
             .collect();
         for table in Table::BOTH {
-            let chains = render_table(state, family, table, &names, &ranges, enforce);
+            let mut chains = render_table(state, family, table, &names, &ranges, enforce);
+            if table == Table::Mangle {
+                add_spoofing_check(&mut chains, family, pod_sources);
+            }
             ruleset.chains.insert((family, table), chains);
         }
         for (class, spec) in sets {
@@ -171,6 +183,49 @@ pub fn render(state: &NodeState, service_ranges: &[(Addr, u8)], enforce: bool) -
         }
     }
     ruleset
+}
+
+/// `NP-ANTISPOOF`, entered from `NP-PREROUTING` for packets of new connections: on a pod
+/// interface, a source that is none of its pods' addresses is dropped as `spoofed` (link-
+/// scoped ICMPv6 aside: neighbour discovery, DAD and MLD use no pod address), as
+/// `netpol_from_pod` does.
+fn add_spoofing_check(chains: &mut Chains, family: Family, pod_sources: &PodSources) {
+    const CHECK: &str = "NP-ANTISPOOF";
+    const DROP: &str = "NP-SPOOFED";
+    let mut check = Vec::new();
+    for (iface, addresses) in pod_sources {
+        for addr in addresses
+            .iter()
+            .filter(|addr| Family::of(addr) == Some(family))
+        {
+            check.push(format!(
+                "-i {iface} -s {} -j RETURN",
+                cidr(&IpPrefix::host(*addr))
+            ));
+        }
+        check.push(format!("-i {iface} -j {DROP}"));
+    }
+    let mut drop = Vec::new();
+    if family == Family::V6 {
+        for source in ["fe80::/10", "ff00::/8", "::/128"] {
+            drop.push(format!("-s {source} -p ipv6-icmp -j RETURN"));
+        }
+    }
+    drop.push(format!(
+        "{LOG_LIMIT} -j NFLOG --nflog-group {NFLOG_GROUP} --nflog-prefix np-spoofed-egress"
+    ));
+    drop.push("-m comment --comment np-spoofed-egress -j DROP".to_owned());
+    let top = chains
+        .entry(format!("{CHAIN_PREFIX}PREROUTING"))
+        .or_default();
+    // Right after replies and related packets return: every new connection is checked.
+    let at = top
+        .iter()
+        .position(|rule| rule.contains("--ctstate RELATED,ESTABLISHED"))
+        .map_or(0, |index| index + 1);
+    top.insert(at, format!("-j {CHECK}"));
+    chains.insert(CHECK.to_owned(), check);
+    chains.insert(DROP.to_owned(), drop);
 }
 
 /// The classes policy entries name (never [`CLASS_ANY`]), each with its set for `family`.
@@ -618,7 +673,14 @@ mod tests {
             PolicyEntryKey::new(PolicyKey::new(5, 3, DIR_INGRESS, 6, 80), PREFIX_FULL),
             PolicyValue { rule: 9 },
         );
-        let ruleset = render(&state, &[(Addr::v4([10, 96, 0, 0]), 16)], true);
+        let sources = PodSources::from([(
+            "cali1".to_owned(),
+            vec![
+                Addr::v4([10, 244, 1, 10]),
+                Addr::from("fd00::a".parse::<std::net::IpAddr>().expect("v6")),
+            ],
+        )]);
+        let ruleset = render(&state, &[(Addr::v4([10, 96, 0, 0]), 16)], true, &sources);
         let filter = &ruleset.chains[&(Family::V4, Table::Filter)];
         assert!(filter["NP-FORWARD"].contains(&"-d 10.244.1.10/32 -g NP-I-5".to_owned()));
         assert!(filter["NP-SERVICES"].contains(&"-s 10.244.1.10/32 -j NP-E-6".to_owned()));
@@ -639,5 +701,20 @@ mod tests {
             Some("-j NP-DROP-E")
         );
         assert!(ruleset.sets.keys().all(|name| name.len() <= 31));
+        // Pods send from their own addresses only; new connections are checked first.
+        assert_eq!(mangle["NP-PREROUTING"][1], "-j NP-ANTISPOOF");
+        assert_eq!(
+            mangle["NP-ANTISPOOF"],
+            [
+                "-i cali1 -s 10.244.1.10/32 -j RETURN",
+                "-i cali1 -j NP-SPOOFED"
+            ]
+        );
+        let mangle6 = &ruleset.chains[&(Family::V6, Table::Mangle)];
+        assert_eq!(
+            mangle6["NP-ANTISPOOF"][0],
+            "-i cali1 -s fd00::a/128 -j RETURN"
+        );
+        assert!(mangle6["NP-SPOOFED"][0].starts_with("-s fe80::/10 -p ipv6-icmp"));
     }
 }
