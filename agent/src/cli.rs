@@ -108,6 +108,10 @@ pub struct SizeArgs {
     /// Capacity of the Service addresses map (learned addresses and --service-cidr ranges).
     #[arg(long, default_value_t = MapSizes::default().services)]
     pub max_services: u32,
+    /// How many times its starting size a full map may grow to while the agent runs (the
+    /// endpoints, prefix, policy and Service maps; 1: never).
+    #[arg(long, default_value_t = 16)]
+    pub map_growth_limit: u32,
     /// Capacity of the connection-tracking map.
     #[arg(long, default_value_t = MapSizes::default().conntrack)]
     pub max_connections: u32,
@@ -147,6 +151,7 @@ pub struct RunConfig {
     pub load: LoadOptions,
     pub assume_kernel: Option<KernelVersion>,
     pub stale_after: std::time::Duration,
+    pub map_growth_limit: u32,
 }
 
 impl RunArgs {
@@ -170,6 +175,7 @@ impl RunArgs {
             max_prefixes,
             max_policy_entries,
             max_services,
+            map_growth_limit,
             max_connections,
         } = self.sizes;
         let sizes = MapSizes {
@@ -202,6 +208,7 @@ impl RunArgs {
             },
             assume_kernel,
             stale_after: std::time::Duration::from_secs(self.stale_after_seconds),
+            map_growth_limit,
         })
     }
 }
@@ -281,7 +288,11 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 .spawn(Arc::clone(&metrics))
                 .context("starting the drop-event reader")?;
             event_thread = Some(events);
-            Box::new(EbpfBackend::new(datapath).context("adopting the pinned datapath state")?)
+            Box::new(
+                EbpfBackend::new(datapath)
+                    .context("adopting the pinned datapath state")?
+                    .with_growth_limit(config.map_growth_limit),
+            )
         }
         BackendChoice::Iptables => {
             event_thread = None;

@@ -323,6 +323,7 @@ impl<B: Backend> Runtime<B> {
                 self.metrics.count_programming_error("apply");
                 self.in_sync = false;
                 self.fail_closed(Some(&delta));
+                self.grow_after(&error);
             }
             self.reconcile_attachments();
         }
@@ -338,11 +339,31 @@ impl<B: Backend> Runtime<B> {
         } else {
             tracing::warn!(retry_in = ?self.retry_delay, "the node does not hold the desired state; retrying");
             self.retry_at = Some(Instant::now() + self.retry_delay);
-            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+            self.retry_delay = (self.retry_delay * 2).clamp(RETRY_FIRST, RETRY_MAX);
         }
         self.update_readiness();
         self.publish_rules();
         self.publish_datapath();
+    }
+
+    /// After a failed write: if a map was full and the backend grew it, converges into the
+    /// larger maps at once and attaches the new programs on every interface (until then the
+    /// attached ones enforce what the old maps hold, the failed write denied).
+    fn grow_after(&mut self, error: &crate::backend::BackendError) {
+        match self.backend.grow(error) {
+            Ok(true) => {
+                self.attached.clear();
+                self.retry_delay = Duration::ZERO;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "growing a full map failed; the pods it concerns stay denied"
+                );
+                self.metrics.count_programming_error("grow");
+            }
+        }
     }
 
     /// Writes the endpoints a failed write concerns as "not programmed" (isolated both ways,
@@ -502,6 +523,7 @@ impl<B: Backend> Runtime<B> {
                 self.metrics.count_programming_error("converge");
                 self.in_sync = false;
                 self.fail_closed(None);
+                self.grow_after(&error);
             }
         }
         self.reconcile_attachments();
@@ -543,6 +565,7 @@ impl<B: Backend> Runtime<B> {
                 self.metrics.count_programming_error("service_ranges");
                 self.in_sync = false;
                 self.fail_closed(None);
+                self.grow_after(&error);
             }
         }
     }

@@ -90,6 +90,14 @@ pub trait Backend {
     /// Sets the Service address ranges whose egress is decided after DNAT.
     fn set_service_ranges(&mut self, ranges: &[(Addr, u8)]) -> Result<(), BackendError>;
 
+    /// After `error`: makes room when a map was full and may grow (a new datapath with a larger
+    /// map, which the next converge fills; the programs must then be attached again on every
+    /// interface). Returns whether it did.
+    fn grow(&mut self, error: &BackendError) -> Result<bool, BackendError> {
+        let _ = error;
+        Ok(false)
+    }
+
     /// Turns enforcement on or off (the `disable_network_policy` switch).
     fn set_enforcement(&mut self, enforce: bool) -> Result<(), BackendError>;
 

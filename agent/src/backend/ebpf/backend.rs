@@ -19,7 +19,7 @@ use agent_common::{
     policy::{DIR_EGRESS, DIR_INGRESS, PolicyKey, SET_EMPTY},
 };
 
-use super::{Datapath, EbpfError};
+use super::{Datapath, EbpfError, MapSizes};
 use crate::{
     backend::{Backend, BackendError, Count, Counters, InterfaceRole, MapUsage, PodInterfaces},
     policy::{Delta, NodeState, Op, PolicyEntryKey},
@@ -28,6 +28,8 @@ use crate::{
 /// The eBPF datapath as a backend.
 pub struct EbpfBackend {
     datapath: Datapath,
+    /// How large [`Backend::grow`] may make each map.
+    size_limits: MapSizes,
     /// The generation bit of the ids this agent writes (0 or [`GENERATION_BIT`]).
     generation: u32,
     /// Rule ids the state refers to, for the counters.
@@ -39,10 +41,25 @@ impl EbpfBackend {
     pub fn new(datapath: Datapath) -> Result<Self, EbpfError> {
         let generation = datapath.config()?.generation & GENERATION_BIT;
         Ok(Self {
+            size_limits: datapath.sizes(),
             datapath,
             generation,
             rules: BTreeSet::new(),
         })
+    }
+
+    /// Lets [`Backend::grow`] make each map up to `factor` times its size now (1: never).
+    pub fn with_growth_limit(mut self, factor: u32) -> Self {
+        let sizes = self.datapath.sizes();
+        let limit = |size: u32| size.saturating_mul(factor.max(1));
+        self.size_limits = MapSizes {
+            endpoints: limit(sizes.endpoints),
+            ipcache: limit(sizes.ipcache),
+            policy: limit(sizes.policy),
+            services: limit(sizes.services),
+            ..sizes
+        };
+        self
     }
 
     pub fn datapath(&self) -> &Datapath {
@@ -270,6 +287,40 @@ impl Backend for EbpfBackend {
             config.flags |= agent_common::config::CONFIG_ENFORCEMENT_OFF;
         }
         Ok(self.datapath.set_config(config)?)
+    }
+
+    fn grow(&mut self, error: &BackendError) -> Result<bool, BackendError> {
+        let BackendError::Ebpf(EbpfError::MapFull { name, .. }) = error else {
+            return Ok(false);
+        };
+        let mut sizes = self.datapath.sizes();
+        let limits = self.size_limits;
+        let (size, limit) = match *name {
+            agent_common::endpoint::MAP_NAME => (&mut sizes.endpoints, limits.endpoints),
+            agent_common::policy::MAP_NAME => (&mut sizes.policy, limits.policy),
+            agent_common::services::MAP_NAME => (&mut sizes.services, limits.services),
+            name if ipcache::MAP_NAMES.contains(&name) => (&mut sizes.ipcache, limits.ipcache),
+            _ => return Ok(false),
+        };
+        if *size >= limit {
+            tracing::warn!(
+                map = name,
+                capacity = *size,
+                "the map is at its growth limit (--map-growth-limit): the pods it concerns stay denied"
+            );
+            return Ok(false);
+        }
+        let from = *size;
+        *size = size.saturating_mul(2).min(limit);
+        tracing::warn!(
+            map = name,
+            from,
+            to = *size,
+            "growing a full map: a new datapath with larger maps takes over once it holds the state"
+        );
+        self.datapath = self.datapath.reload(sizes)?;
+        self.rules.clear();
+        Ok(true)
     }
 
     fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {

@@ -50,9 +50,11 @@ pub const PROG_FLOOR: &str = "netpol_floor";
 /// Every program in the object.
 pub const PROGRAMS: [&str; 4] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK, PROG_FLOOR];
 
-/// Maps that keep state across agent restarts when pinned: everything but the event array,
-/// whose buffers belong to the reader.
-const PINNED_MAPS: [&str; 10] = [
+/// Maps that keep state across agent restarts (and a datapath reloaded with larger maps) when
+/// pinned. The event array too: programs of a reloaded datapath then report to the reader
+/// that is already running.
+const PINNED_MAPS: [&str; 11] = [
+    agent_common::events::MAP_NAME,
     endpoint::MAP_NAME,
     ipcache::MAP_NAMES[0],
     ipcache::MAP_NAMES[1],
@@ -245,7 +247,7 @@ impl Datapath {
         } = options;
         let mut sizes = *sizes;
         if let Some(dir) = pin_dir {
-            replace_resized_pins(dir, &mut sizes);
+            replace_resized_pins(dir, &mut sizes, false);
         }
         let MapSizes {
             endpoints,
@@ -306,6 +308,25 @@ impl Datapath {
             attach_mode: *attach_mode,
             pin_dir: pin_dir.clone(),
         })
+    }
+
+    /// A new datapath with maps of `sizes`: every map a converge rewrites whole is new (and
+    /// pinned in place of the old one), the others are shared. The programs attached now keep
+    /// enforcing with the old maps until a converge has filled the new ones and the new
+    /// programs are attached in their place.
+    pub fn reload(&self, sizes: MapSizes) -> Result<Self, EbpfError> {
+        if let Some(dir) = &self.pin_dir {
+            let mut sizes = sizes;
+            replace_resized_pins(dir, &mut sizes, true);
+        }
+        let mut reloaded = Self::load_with(&LoadOptions {
+            sizes,
+            pin_dir: self.pin_dir.clone(),
+            attach_mode: self.attach_mode,
+        })?;
+        // Shared when pinned; copied for private maps (the switch, events, the generation).
+        reloaded.set_config(self.config()?)?;
+        Ok(reloaded)
     }
 
     /// Attaches the programs of `role` to `iface`, replacing ours if they are there already.
@@ -630,7 +651,8 @@ fn sum_cpus(per_cpu: &[Counter]) -> Counter {
 /// programs replace them: no gap. Maps of traffic state (connections, fragments, counters)
 /// keep their capacity, which `sizes` is set to: a new connection table would judge the
 /// replies of open connections as new ones. `netpol-agent cleanup` resets those.
-fn replace_resized_pins(dir: &Path, sizes: &mut MapSizes) {
+/// `replace_all` replaces every rewritten map, whatever its size (a reload).
+fn replace_resized_pins(dir: &Path, sizes: &mut MapSizes, replace_all: bool) {
     use std::mem::size_of;
     // LPM trie keys carry a 4-byte prefix length.
     let lpm = |data: usize| 4 + data;
@@ -673,15 +695,17 @@ fn replace_resized_pins(dir: &Path, sizes: &mut MapSizes) {
         };
         let wanted = (capacity, key_size as u32, value_size as u32);
         let found = (pinned.max_entries(), pinned.key_size(), pinned.value_size());
-        if found == wanted {
+        if found == wanted && !replace_all {
             continue;
         }
-        tracing::warn!(
-            map = name,
-            pinned_capacity = found.0,
-            capacity,
-            "replacing a pinned map of another size or layout: the programs attached now keep enforcing with the old one until the new one holds the state"
-        );
+        if found != wanted {
+            tracing::warn!(
+                map = name,
+                pinned_capacity = found.0,
+                capacity,
+                "replacing a pinned map of another size or layout: the programs attached now keep enforcing with the old one until the new one holds the state"
+            );
+        }
         if let Err(error) = std::fs::remove_file(&path) {
             tracing::warn!(
                 map = name,

@@ -537,6 +537,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).set_service_ranges(ranges)
     }
 
+    fn grow(&mut self, error: &BackendError) -> Result<bool, BackendError> {
+        (**self).grow(error)
+    }
+
     fn set_enforcement(&mut self, enforce: bool) -> Result<(), BackendError> {
         (**self).set_enforcement(enforce)
     }
