@@ -11,7 +11,7 @@ use std::{
 };
 
 use netpol_tests::{
-    agent::{Agent, AgentOptions, http_get},
+    agent::{Agent, AgentOptions, http_get, http_get_at},
     netns::{Server, SimulatedNode},
     objects::{STEP_TIMEOUT, eni_config, metric, within},
     raw, require_root,
@@ -1038,8 +1038,18 @@ fn a_bad_document_is_rejected_alone_and_the_rest_of_its_file_applies() {
         "copy.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n",
     );
-    let agent = fixture.start(&[], None);
+    // Also: a scrape endpoint beside the probes' (the DaemonSet's `metrics-listen` key).
+    let agent = fixture.start(&["--metrics-listen", "127.0.0.1:9991"], None);
     assert_denied(&fixture, 0, &[1], "the deny-all beside bad documents");
+    let (status, scraped) = fixture
+        .node
+        .node
+        .run(|| http_get_at("127.0.0.1:9991", "/metrics"))
+        .expect("the scrape endpoint answers");
+    assert!(
+        status == 200 && scraped.contains("netpol_ready"),
+        "{status}: {scraped}"
+    );
     let logged = |words: &str| within(STEP_TIMEOUT, || agent.log_text().contains(words)).is_some();
     for words in [
         "policies.yaml: document 1 (line 1, NetworkPolicy) does not parse",

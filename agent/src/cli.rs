@@ -66,16 +66,27 @@ pub struct RunArgs {
     /// Enforcement backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Where /healthz, /readyz and /metrics are served.
+    /// Where /healthz, /readyz and /metrics are served (the probes' address: keep it local).
     #[arg(long, default_value = "127.0.0.1:9990")]
     pub listen: SocketAddr,
-    /// Service ranges (repeatable) whose egress is decided after kube-proxy's DNAT, in addition
-    /// to the addresses the agent learns from Service objects (cluster, external and
-    /// load-balancer IPs).
-    #[arg(long = "service-cidr", default_value = "10.96.0.0/12")]
+    /// A second address serving the same endpoints for Prometheus to scrape, such as
+    /// `0.0.0.0:9991` (the agent runs in the host network: anything that reaches the node
+    /// reaches it). Off unless set; an empty value is off.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Service ranges (repeatable, or comma-separated) whose egress is decided after
+    /// kube-proxy's DNAT, in addition to the addresses the agent learns from Service objects
+    /// (cluster, external and load-balancer IPs). Empty entries are ignored.
+    #[arg(
+        long = "service-cidr",
+        env = "SERVICE_CIDR",
+        value_delimiter = ',',
+        default_value = "10.96.0.0/12"
+    )]
     pub service_cidrs: Vec<String>,
-    /// Uplink interfaces (repeatable); default: those holding the default routes.
-    #[arg(long = "uplink")]
+    /// Uplink interfaces (repeatable, or comma-separated); default (or empty): those holding
+    /// the default routes.
+    #[arg(long = "uplink", env = "UPLINKS", value_delimiter = ',')]
     pub uplinks: Vec<String>,
     /// bpffs directory for pinned maps and links.
     #[arg(long, default_value = agent_common::PIN_DIR)]
@@ -146,6 +157,7 @@ pub struct RunConfig {
     pub source: SourceChoice,
     pub backend: BackendChoice,
     pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
     pub service_ranges: Vec<(IpAddr, u8)>,
     pub uplinks: Option<Vec<String>>,
     pub load: LoadOptions,
@@ -160,11 +172,28 @@ impl RunArgs {
             bail!("--node-name (or NODE_NAME) must not be empty");
         }
         let mut service_ranges = Vec::new();
-        for text in &self.service_cidrs {
+        for text in self
+            .service_cidrs
+            .iter()
+            .map(|text| text.trim())
+            .filter(|text| !text.is_empty())
+        {
             let cidr = Cidr::parse(text)
                 .map_err(|reason| anyhow::anyhow!("--service-cidr {text}: {reason}"))?;
             service_ranges.push((cidr.addr(), cidr.len()));
         }
+        let uplinks: Vec<String> = self
+            .uplinks
+            .iter()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect();
+        let metrics_listen = match self.metrics_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().with_context(|| {
+                format!("--metrics-listen (or METRICS_LISTEN) {text:?}: expected ADDRESS:PORT")
+            })?),
+        };
         let assume_kernel = self
             .assume_kernel
             .as_deref()
@@ -199,8 +228,9 @@ impl RunArgs {
             },
             backend: self.backend,
             listen: self.listen,
+            metrics_listen,
             service_ranges,
-            uplinks: (!self.uplinks.is_empty()).then_some(self.uplinks),
+            uplinks: Some(uplinks).filter(|uplinks| !uplinks.is_empty()),
             load: LoadOptions {
                 sizes,
                 pin_dir: Some(self.pin_dir),
@@ -345,10 +375,9 @@ pub async fn run(config: RunConfig) -> Result<()> {
         }
     });
 
-    let server = {
+    let serve_on = |listen: SocketAddr| {
         let metrics = Arc::clone(&metrics);
         let mut shutdown = shutdown_rx.clone();
-        let listen = config.listen;
         tokio::spawn(async move {
             let stop = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
@@ -358,6 +387,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 .with_context(|| format!("serving on {listen}"))
         })
     };
+    let server = serve_on(config.listen);
+    let scrape_server = config.metrics_listen.map(serve_on);
 
     let runtime = Runtime::new(
         RuntimeConfig {
@@ -387,12 +418,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
         Ok(())
     });
 
-    let mut tasks = [
+    let mut tasks = vec![
         ("the runtime", runtime),
         ("the cluster source", source),
         ("the link and route watcher", interface_watcher),
         ("the HTTP endpoint", server),
     ];
+    tasks.extend(scrape_server.map(|server| ("the scrape endpoint", server)));
     let death = supervise(wait_for_signal(), &mut tasks).await;
     let _ = shutdown_tx.send(true);
     if let Some(reason) = death {
@@ -404,7 +436,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         bail!("{reason}");
     }
     tracing::info!("stopping; enforcement stays in place (`netpol-agent cleanup` removes it)");
-    let [(_, runtime), ..] = tasks;
+    let (_, runtime) = tasks.swap_remove(0);
     let _ = runtime.await;
     drop(event_thread);
     Ok(())
@@ -594,6 +626,65 @@ mod tests {
             KernelVersion::new(5, 10, 3)
         );
         assert!(parse_kernel_version("five").is_err());
+    }
+
+    fn run_config(args: &[&str]) -> Result<RunConfig> {
+        let cli = Cli::try_parse_from(
+            [
+                "netpol-agent",
+                "run",
+                "--node-name",
+                "node-1",
+                "--objects-dir",
+                "/tmp",
+            ]
+            .iter()
+            .chain(args),
+        )?;
+        let Command::Run(args) = cli.command else {
+            panic!("run");
+        };
+        args.validate()
+    }
+
+    /// The ConfigMap's keys reach the agent as environment variables that may be empty or
+    /// hold comma-separated lists; the flags read the same way.
+    #[test]
+    fn list_flags_take_commas_and_empty_values_mean_none() {
+        let config = run_config(&[
+            "--uplink",
+            "eth0, eth1",
+            "--service-cidr",
+            "192.168.0.0/16,",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.uplinks,
+            Some(vec!["eth0".to_owned(), "eth1".to_owned()])
+        );
+        assert_eq!(config.service_ranges.len(), 1);
+        assert_eq!(config.metrics_listen, None);
+
+        let config = run_config(&["--uplink", "", "--service-cidr", "", "--metrics-listen", ""])
+            .expect("valid");
+        assert_eq!(
+            config.uplinks, None,
+            "empty: the default routes' interfaces"
+        );
+        assert!(
+            config.service_ranges.is_empty(),
+            "empty: learned Services only"
+        );
+        assert_eq!(config.metrics_listen, None, "empty: no scrape endpoint");
+
+        let config = run_config(&["--metrics-listen", "0.0.0.0:9991"]).expect("valid");
+        assert_eq!(
+            config.metrics_listen,
+            Some("0.0.0.0:9991".parse().expect("address"))
+        );
+        assert_eq!(config.service_ranges.len(), 1, "the default range");
+        let error = run_config(&["--metrics-listen", "9991"]).expect_err("no address");
+        assert!(error.to_string().contains("ADDRESS:PORT"), "{error}");
     }
 
     fn forever() -> tokio::task::JoinHandle<Result<()>> {

@@ -217,8 +217,12 @@ fn enter_netns_in_child(command: &mut Command, name: &str) -> Result<()> {
 /// A tiny HTTP/1.1 GET against the agent's default listen address (call it inside the node's
 /// namespace).
 pub fn http_get(path: &str) -> Result<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&"127.0.0.1:9990".parse()?, Duration::from_secs(1))?;
+    http_get_at("127.0.0.1:9990", path)
+}
+
+/// [`http_get`] from the endpoint at `address`.
+pub fn http_get_at(address: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     // One write: a request split over several segments must not race the server's read.
     let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
