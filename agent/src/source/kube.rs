@@ -35,7 +35,6 @@ use tokio::sync::mpsc;
 
 use super::{
     ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectId, ObjectKind, SourceEvent,
-    slim_service,
 };
 
 /// The delay after a first error, doubled per consecutive error up to [`RETRY_MAX`]; each
@@ -79,7 +78,7 @@ pub async fn run(client: Client, events: mpsc::Sender<SourceEvent>) {
             Api::all_with(client.clone(), &ApiResource::erase::<Service>(&())),
             watcher::Config::default(),
             ObjectKind::Service,
-            |service: Box<Service>| ClusterObject::Service(Box::new(slim_service(*service))),
+            ClusterObject::Service,
             events.clone(),
         ),
         watch(
@@ -231,12 +230,13 @@ fn decode<K: Resource + DeserializeOwned>(
     wrap: fn(Box<K>) -> ClusterObject,
     mut object: DynamicObject,
 ) -> Result<ClusterObject, (ObjectId, String)> {
-    // Never read, and often the bulk of an object.
+    // Never read, and often the bulk of an object: not even converted.
     object.metadata.managed_fields = None;
+    object.metadata.annotations = None;
     let id = ObjectId::new(kind, &object.metadata);
     object
         .try_parse::<K>()
-        .map(|object| wrap(Box::new(object)))
+        .map(|object| wrap(Box::new(object)).slim())
         .map_err(|error| (id, error.to_string()))
 }
 

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use k8s_openapi::{
     api::{
         core::v1::{
-            ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Pod, Service,
-            ServiceSpec, ServiceStatus,
+            ConfigMap, Container, ContainerPort, LoadBalancerIngress, LoadBalancerStatus,
+            Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec, ServiceStatus,
         },
         networking::v1::NetworkPolicy,
     },
@@ -87,7 +87,7 @@ pub enum ClusterObject {
     Pod(Box<Pod>),
     NetworkPolicy(Box<NetworkPolicy>),
     ConfigMap(Box<ConfigMap>),
-    /// A slim copy ([`slim_service`]).
+    /// Its addresses ([`slim_service`]).
     Service(Box<Service>),
 }
 
@@ -160,6 +160,87 @@ pub fn disable_network_policy_value(eni_config: Option<&ConfigMap>) -> Option<&s
 /// anything else ("False", "no", "off") is read as Terway reads it, but deserves a warning.
 pub fn plainly_disables(value: &str) -> bool {
     matches!(value.trim(), "true" | "1")
+}
+
+impl ClusterObject {
+    /// The copy the agent keeps: only what the model reads. Every node holds every Pod,
+    /// Namespace, Service and NetworkPolicy of the cluster; statuses, annotations (kubectl's
+    /// last-applied copy among them), managed fields and most of a Pod's spec would be most of
+    /// that memory, and their churn (kubelet's status updates) would wake the runtime for
+    /// nothing.
+    pub fn slim(self) -> Self {
+        match self {
+            Self::Pod(pod) => Self::Pod(Box::new(slim_pod(*pod))),
+            Self::Namespace(namespace) => Self::Namespace(Box::new(Namespace {
+                metadata: slim_metadata(namespace.metadata),
+                ..Namespace::default()
+            })),
+            Self::NetworkPolicy(mut policy) => {
+                policy.metadata = slim_metadata(policy.metadata);
+                Self::NetworkPolicy(policy)
+            }
+            Self::Service(service) => Self::Service(Box::new(slim_service(*service))),
+            Self::ConfigMap(mut config) => {
+                config.metadata = slim_metadata(config.metadata);
+                Self::ConfigMap(config)
+            }
+        }
+    }
+}
+
+/// Name, namespace and labels.
+fn slim_metadata(metadata: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        labels: metadata.labels,
+        ..ObjectMeta::default()
+    }
+}
+
+/// What `model::convert::pod` reads: labels, node, host network, the container ports of
+/// containers and sidecars (named ports), the phase and the addresses.
+fn slim_pod(pod: Pod) -> Pod {
+    let slim_container = |container: Container| Container {
+        name: container.name,
+        restart_policy: container.restart_policy,
+        ports: container.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|port| ContainerPort {
+                    name: port.name,
+                    container_port: port.container_port,
+                    protocol: port.protocol,
+                    ..ContainerPort::default()
+                })
+                .collect()
+        }),
+        ..Container::default()
+    };
+    let spec = pod.spec.map(|spec| PodSpec {
+        node_name: spec.node_name,
+        host_network: spec.host_network,
+        containers: spec.containers.into_iter().map(slim_container).collect(),
+        init_containers: spec.init_containers.map(|containers| {
+            containers
+                .into_iter()
+                .filter(|container| container.restart_policy.as_deref() == Some("Always"))
+                .map(slim_container)
+                .collect()
+        }),
+        ..PodSpec::default()
+    });
+    let status = pod.status.map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
+    Pod {
+        metadata: slim_metadata(pod.metadata),
+        spec,
+        status,
+    }
 }
 
 /// What the agent keeps of a Service: its name and the addresses kube-proxy DNATs on a node
@@ -297,5 +378,61 @@ mod tests {
         }))
         .expect("a service");
         assert!(service_addresses(&headless).is_empty());
+    }
+
+    #[test]
+    fn slim_copies_convert_exactly_as_the_full_objects_and_are_much_smaller() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"},
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "1"}]},
+            "spec": {"nodeName": "node-1", "hostNetwork": false,
+                     "containers": [{"name": "main", "image": "nginx", "env": [{"name": "A", "value": "b"}],
+                                     "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP", "hostPort": 80}],
+                                     "resources": {"limits": {"cpu": "1"}}}],
+                     "initContainers": [
+                         {"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                          "ports": [{"name": "admin", "containerPort": 9901}]},
+                         {"name": "setup", "image": "busybox", "ports": [{"name": "gone", "containerPort": 1}]}],
+                     "volumes": [{"name": "data", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.10",
+                       "podIPs": [{"ip": "10.244.1.10"}, {"ip": "fd00::a"}],
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "main", "image": "nginx", "imageID": "x", "ready": true, "restartCount": 0}]},
+        }))
+        .expect("a pod");
+        let full = ClusterObject::Pod(Box::new(pod.clone()));
+        let slim = full.clone().slim();
+        let ClusterObject::Pod(slim_pod) = &slim else {
+            panic!("a pod")
+        };
+        assert_eq!(
+            crate::model::convert::pod(slim_pod).object,
+            crate::model::convert::pod(&pod).object
+        );
+        let size = |object: &Pod| serde_json::to_string(object).expect("json").len();
+        assert!(
+            size(slim_pod) * 10 < size(&pod),
+            "{} against {}",
+            size(slim_pod),
+            size(&pod)
+        );
+        assert_eq!(slim.id(), full.id());
+
+        let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop", "annotations": {"a": "b"}},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}]}]},
+        }))
+        .expect("a policy");
+        let ClusterObject::NetworkPolicy(slim_policy) =
+            ClusterObject::NetworkPolicy(Box::new(policy.clone())).slim()
+        else {
+            panic!("a policy")
+        };
+        assert_eq!(
+            crate::model::convert::network_policy(&slim_policy).object,
+            crate::model::convert::network_policy(&policy).object
+        );
+        assert!(slim_policy.metadata.annotations.is_none());
     }
 }

@@ -408,8 +408,7 @@ fn collect(
             serde_yaml::from_value(value).map(|o| ClusterObject::NetworkPolicy(Box::new(o)))
         }
         "ConfigMap" => serde_yaml::from_value(value).map(|o| ClusterObject::ConfigMap(Box::new(o))),
-        "Service" => serde_yaml::from_value(value)
-            .map(|o| ClusterObject::Service(Box::new(super::slim_service(o)))),
+        "Service" => serde_yaml::from_value(value).map(|o| ClusterObject::Service(Box::new(o))),
         "List" => {
             if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
                 for item in items {
@@ -422,7 +421,7 @@ fn collect(
         _ => return,
     };
     match object {
-        Ok(object) => read.objects.push(object),
+        Ok(object) => read.objects.push(object.slim()),
         Err(source) => {
             let error = FileError::Object {
                 path: path.to_owned(),
