@@ -155,6 +155,9 @@ fn target_ingress(name: &str, from: &str, ports: &str) -> String {
     )
 }
 
+/// A `from`/`to` peer: the pods labelled `role=client`.
+const CLIENT_PEER: &str = "    - podSelector:\n        matchLabels:\n          role: client\n";
+
 const DENY_ALL_TARGETS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: target\n  policyTypes: [Ingress]\n";
 
 /// Polls until `denied` holds for every probe, then checks it stays so.
@@ -240,7 +243,6 @@ fn a_policy_too_large_for_its_maps_isolates_instead_of_never_taking_effect() {
     let ports: String = (0..60)
         .map(|i| format!("    - port: {}\n      protocol: TCP\n", 1000 + i * 2))
         .collect();
-    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
     for (flags, policy) in [
         (
             ["--max-prefixes", "8", "--map-growth-limit", "1"],
@@ -248,7 +250,7 @@ fn a_policy_too_large_for_its_maps_isolates_instead_of_never_taking_effect() {
         ),
         (
             ["--max-policy-entries", "6", "--map-growth-limit", "1"],
-            target_ingress("many-ports", client_peer, &ports),
+            target_ingress("many-ports", CLIENT_PEER, &ports),
         ),
     ] {
         let fixture = Fixture::client_and_target("policy-full");
@@ -440,11 +442,10 @@ fn later_fragments_share_the_fate_of_their_first_fragment() {
         fixture.write_pod(1, "target", "target");
         fixture.write_pod(2, "client-v6", "client");
         fixture.write_pod(3, "target-v6", "target");
-        let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
         let allow_udp = |port: u16| {
             target_ingress(
                 "udp",
-                client_peer,
+                CLIENT_PEER,
                 &format!("    - port: {port}\n      protocol: UDP\n"),
             )
         };
@@ -550,7 +551,6 @@ fn the_backend_that_starts_removes_the_other_ones_state() {
     if !require_root("the_backend_that_starts_removes_the_other_ones_state") {
         return;
     }
-    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
     for (first, second) in [("ebpf", "iptables"), ("iptables", "ebpf")] {
         let fixture = Fixture::client_and_target("switch-backend");
         fixture.write("policy.yaml", DENY_ALL_TARGETS);
@@ -563,7 +563,7 @@ fn the_backend_that_starts_removes_the_other_ones_state() {
         // The policy now allows the client; the other backend takes over.
         fixture.write(
             "policy.yaml",
-            &target_ingress("allow-client", client_peer, "    - port: 80\n"),
+            &target_ingress("allow-client", CLIENT_PEER, "    - port: 80\n"),
         );
         let mut agent = fixture.start(&["--backend", second], Some(pin_dir.clone()));
         assert!(
@@ -933,8 +933,7 @@ fn an_api_server_outage_and_lost_rbac_are_reported_and_recovered_from_in_seconds
         .wait_ready(&fixture.node.node, Duration::from_secs(30))
         .unwrap_or_else(|error| panic!("{error:#}\n{}", server.logs()));
     assert_denied(&fixture, 0, &[1], "enforced through the API");
-    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
-    let allow_client = target_ingress("allow-client", client_peer, "    - port: 80\n");
+    let allow_client = target_ingress("allow-client", CLIENT_PEER, "    - port: 80\n");
     let stale_with = |words: &str| {
         let (status, body) = fixture.ready();
         status == 503 && body.contains("may be stale") && body.contains(words)
@@ -1294,10 +1293,9 @@ fn a_raised_map_size_takes_effect_on_restart_without_a_gap() {
     ];
     let fixture = Fixture::new("resize", &addresses);
     fixture.write_pod(0, "client", "client");
-    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
     fixture.write(
         "policy.yaml",
-        &target_ingress("allow-client", client_peer, "    - port: 80\n"),
+        &target_ingress("allow-client", CLIENT_PEER, "    - port: 80\n"),
     );
     for index in 1..addresses.len() {
         fixture.write_pod(index, &format!("target-{index}"), "target");
@@ -1354,7 +1352,6 @@ fn a_full_map_grows_while_the_agent_runs_and_the_policy_then_holds_as_written() 
     fixture.write_pod(0, "client", "client");
     fixture.write_pod(1, "target-1", "target");
     let _server = fixture.node.pods[1].netns.serve(1000, "hello");
-    let client_peer = "    - podSelector:\n        matchLabels:\n          role: client\n";
     let ports: String = (0..60)
         .map(|i| format!("    - port: {}\n      protocol: TCP\n", 1000 + i * 2))
         .collect();
@@ -1366,7 +1363,7 @@ fn a_full_map_grows_while_the_agent_runs_and_the_policy_then_holds_as_written() 
     // 60 allow entries for 6 places; then 6 pods for 4 endpoint entries.
     fixture.write(
         "policy.yaml",
-        &target_ingress("many-ports", client_peer, &ports),
+        &target_ingress("many-ports", CLIENT_PEER, &ports),
     );
     for index in 2..addresses.len() {
         fixture.write_pod(index, &format!("target-{index}"), "target");

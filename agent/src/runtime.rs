@@ -531,12 +531,7 @@ impl<B: Backend> Runtime<B> {
 
     /// The flags' Service ranges and every address of the Service objects (as /32 and /128).
     fn wanted_service_ranges(&self) -> Vec<(Addr, u8)> {
-        let mut ranges: BTreeSet<(Addr, u8)> = self
-            .config
-            .service_ranges
-            .iter()
-            .map(|(ip, len)| (Addr::from(*ip), *len))
-            .collect();
+        let mut ranges = self.flag_service_ranges();
         for object in self.objects.current.values() {
             if let ClusterObject::Service(service) = object {
                 for ip in service_addresses(service) {
@@ -546,6 +541,15 @@ impl<B: Backend> Runtime<B> {
             }
         }
         ranges.into_iter().collect()
+    }
+
+    /// The `--service-cidr` ranges.
+    fn flag_service_ranges(&self) -> BTreeSet<(Addr, u8)> {
+        self.config
+            .service_ranges
+            .iter()
+            .map(|(ip, len)| (Addr::from(*ip), *len))
+            .collect()
     }
 
     /// Writes the Service ranges when they changed; a failure denies the selected pods (their
@@ -572,9 +576,11 @@ impl<B: Backend> Runtime<B> {
 
     /// Records (and says) which destinations egress is judged after DNAT for.
     fn note_service_ranges(&mut self, ranges: Vec<(Addr, u8)>) {
+        let flagged = self.flag_service_ranges();
         let learned = ranges
-            .len()
-            .saturating_sub(self.config.service_ranges.len());
+            .iter()
+            .filter(|range| !flagged.contains(range))
+            .count();
         let flags: Vec<String> = self
             .config
             .service_ranges

@@ -239,6 +239,12 @@ impl Datapath {
     /// Loads the embedded object as `options` say and loads (not attaches) every program.
     /// With a pin directory, maps already pinned there are adopted with their contents.
     pub fn load_with(options: &LoadOptions) -> Result<Self, EbpfError> {
+        Self::load_replacing(options, false)
+    }
+
+    /// [`Datapath::load_with`]; `replace_all` replaces every pinned map a converge rewrites
+    /// (see [`replace_resized_pins`]).
+    fn load_replacing(options: &LoadOptions, replace_all: bool) -> Result<Self, EbpfError> {
         raise_memlock_limit();
         let LoadOptions {
             sizes,
@@ -247,7 +253,7 @@ impl Datapath {
         } = options;
         let mut sizes = *sizes;
         if let Some(dir) = pin_dir {
-            replace_resized_pins(dir, &mut sizes, false);
+            replace_resized_pins(dir, &mut sizes, replace_all);
         }
         let MapSizes {
             endpoints,
@@ -315,15 +321,12 @@ impl Datapath {
     /// enforcing with the old maps until a converge has filled the new ones and the new
     /// programs are attached in their place.
     pub fn reload(&self, sizes: MapSizes) -> Result<Self, EbpfError> {
-        if let Some(dir) = &self.pin_dir {
-            let mut sizes = sizes;
-            replace_resized_pins(dir, &mut sizes, true);
-        }
-        let mut reloaded = Self::load_with(&LoadOptions {
+        let options = LoadOptions {
             sizes,
             pin_dir: self.pin_dir.clone(),
             attach_mode: self.attach_mode,
-        })?;
+        };
+        let mut reloaded = Self::load_replacing(&options, true)?;
         // Shared when pinned; copied for private maps (the switch, events, the generation).
         reloaded.set_config(self.config()?)?;
         Ok(reloaded)

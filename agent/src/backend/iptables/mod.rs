@@ -66,8 +66,6 @@ pub struct IptablesBackend {
     written: Option<Ruleset>,
     /// Counts of rules that were rewritten or removed, by comment.
     carried: BTreeMap<String, Count>,
-    /// Pod interfaces the runtime attached, by name.
-    pods: BTreeSet<String>,
     /// Pod addresses and the interface index they route through, as last given.
     pod_addresses: PodInterfaces,
 }
@@ -93,7 +91,6 @@ impl IptablesBackend {
             enforce: true,
             written: None,
             carried: BTreeMap::new(),
-            pods: BTreeSet::new(),
             pod_addresses: PodInterfaces::new(),
         })
     }
@@ -112,27 +109,23 @@ impl IptablesBackend {
         )
     }
 
-    /// Every attached pod interface with the addresses routed through it (none for an
-    /// interface whose pod the agent does not know: all it sends is dropped).
+    /// Every pod interface, by name, with the addresses of the pods routed through it.
     fn pod_sources(&self) -> render::PodSources {
         let mut sources = render::PodSources::new();
-        let mut by_index = BTreeMap::new();
-        for iface in &self.pods {
-            let Ok(name) = std::ffi::CString::new(iface.as_str()) else {
-                continue;
-            };
-            // SAFETY: a NUL-terminated name; the call only reads it.
-            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            // Gone: nothing arrives on it any more.
-            if index != 0 {
-                by_index.insert(index, iface.clone());
-                sources.insert(iface.clone(), Vec::new());
-            }
-        }
         for (addr, index) in &self.pod_addresses {
-            if let Some(iface) = by_index.get(index) {
-                sources.entry(iface.clone()).or_default().push(*addr);
+            let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+            // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call requires.
+            let found = unsafe { libc::if_indextoname(*index, name.as_mut_ptr()) };
+            // Gone: nothing arrives on it any more.
+            if found.is_null() {
+                continue;
             }
+            // SAFETY: on success the buffer holds a NUL-terminated name.
+            let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+            sources
+                .entry(name.to_string_lossy().into_owned())
+                .or_default()
+                .push(*addr);
         }
         sources
     }
@@ -375,21 +368,13 @@ impl Backend for IptablesBackend {
         Ok(())
     }
 
-    fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
-        // The hooks are per node; a pod interface gets its spoofing check.
-        if role == InterfaceRole::Pod
-            && self.pods.insert(iface.to_owned())
-            && self.written.is_some()
-        {
-            self.sync(false)?;
-        }
+    fn attach(&mut self, _iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
+        // Nothing to attach: the hooks are per node, and the spoofing check follows the pod
+        // interfaces every converge and delta is given.
         Ok(())
     }
 
-    fn detach(&mut self, iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
-        if self.pods.remove(iface) && self.written.is_some() {
-            self.sync(false)?;
-        }
+    fn detach(&mut self, _iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
         Ok(())
     }
 
