@@ -1,5 +1,5 @@
 //! The agent end to end through a real kube-apiserver on loopback (`handbook/kube-apiserver.md`):
-//! the RBAC of `deploy/rbac.yaml` is applied and the agent runs with a token bound by it, the
+//! the RBAC of `deploy/base/rbac.yaml` is applied and the agent runs with a token bound by it, the
 //! cluster objects and the seed guide's policies are created, changed and deleted through the
 //! API, and each step is checked with real probes on the simulated node.
 //!

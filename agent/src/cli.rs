@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Enforcement backend.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(long, env = "BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Where /healthz, /readyz and /metrics are served (the probes' address: keep it local).
     #[arg(long, default_value = "127.0.0.1:9990")]

@@ -836,11 +836,11 @@ pub fn documents<T: serde::de::DeserializeOwned>(text: &str, kind: &str) -> Vec<
 }
 
 fn deploy_rbac() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
-    fs::read_to_string(&path).expect("deploy/rbac.yaml")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml");
+    fs::read_to_string(&path).expect("deploy/base/rbac.yaml")
 }
 
-/// Applies `deploy/rbac.yaml`: what the agent may read. Objects that exist already are kept
+/// Applies `deploy/base/rbac.yaml`: what the agent may read. Objects that exist already are kept
 /// (so this also restores what [`remove_rbac_bindings`] removed).
 pub async fn apply_rbac(admin: kube::Client) {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -871,7 +871,7 @@ where
     }
 }
 
-/// Deletes the bindings of `deploy/rbac.yaml`: the agent may read nothing any more.
+/// Deletes the bindings of `deploy/base/rbac.yaml`: the agent may read nothing any more.
 pub async fn remove_rbac_bindings(admin: kube::Client) {
     use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
     use kube::{Api, ResourceExt as _, api::DeleteParams};

@@ -9,6 +9,7 @@
 //! - [`reference`]: the real-traffic case every backend is held to.
 //! - [`scenarios`]: the seed guide's four scenarios, for the demo and the agent suites.
 //! - [`apiserver`]: a real kube-apiserver and etcd on loopback, for the API-driven suites.
+//! - [`real_cluster`]: the real single-node cluster of `cargo xtask cluster`, through kubectl.
 //! - [`require_root`]: the skip rule for tests that need root.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod netns;
 pub mod objects;
 pub mod packet;
 pub mod raw;
+pub mod real_cluster;
 pub mod reference;
 pub mod scenarios;
 

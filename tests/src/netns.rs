@@ -39,9 +39,10 @@ pub fn sh(program: &str, args: &[&str]) {
     );
 }
 
-/// A network namespace that is deleted on drop.
+/// A network namespace that is deleted on drop (unless it is someone else's).
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -50,9 +51,17 @@ impl Netns {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let name = format!("np{}-{id}-{role}", std::process::id());
         sh("ip", &["netns", "add", &name]);
-        let netns = Self { name };
+        let netns = Self { name, owned: true };
         netns.ip(&["link", "set", "lo", "up"]);
         netns
+    }
+
+    /// A namespace that exists already and is left in place on drop (the real cluster's).
+    pub fn existing(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -333,6 +342,9 @@ impl Drop for Stream {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

@@ -58,3 +58,43 @@ pub fn find_etcd() -> Option<PathBuf> {
         .map(|dir| dir.join("etcd"))
         .find(|path| path.is_file())
 }
+
+/// Names of the real cluster (`cargo xtask cluster`) that its tests use too.
+pub mod cluster {
+    use std::path::PathBuf;
+
+    /// The node as the API knows it.
+    pub const NODE_NAME: &str = "netpol-node";
+    /// The node's address, inside the cluster namespace.
+    pub const NODE_IP: &str = "10.250.0.1";
+    /// The network namespace the whole cluster runs in.
+    pub const NETNS: &str = "netpol-cluster";
+    /// "The internet" behind the node's default route: external clients and servers.
+    pub const EXT_NETNS: &str = "netpol-cluster-ext";
+    /// Hosts of the ext namespace: the documentation ranges and an SLB health-check address.
+    pub const EXT_HOSTS: &[&str] = &[
+        "198.51.100.7",
+        "198.51.100.20",
+        "198.51.100.53",
+        "203.0.113.1",
+        "203.0.113.10",
+        "100.64.0.5",
+    ];
+    /// Overrides the cluster directory (default `/var/lib/netpol-cluster`).
+    pub const DIR_ENV: &str = "NETPOL_CLUSTER_DIR";
+    /// Tells the cluster tests where the Kubernetes binaries are (`e2e.test`, `ginkgo`);
+    /// `cargo xtask test` sets it.
+    pub const KUBE_BIN_ENV: &str = "NETPOL_KUBE_BIN";
+
+    /// The cluster directory.
+    pub fn dir() -> PathBuf {
+        std::env::var_os(DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/netpol-cluster"))
+    }
+
+    /// The kubectl wrapper `up` writes (inside the namespace, as the cluster's admin).
+    pub fn kubectl() -> PathBuf {
+        dir().join("bin").join("kubectl")
+    }
+}

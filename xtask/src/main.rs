@@ -1,11 +1,13 @@
 //! `cargo xtask`: the awkward build steps of the workspace, one module per subcommand.
 
-mod apiserver;
 mod bench;
 mod build_ebpf;
 mod check_ebpf;
+mod cluster;
 mod demo;
 mod exec;
+mod image;
+mod kube;
 mod setup;
 mod test;
 mod vm;
@@ -32,10 +34,14 @@ enum Command {
     Demo(demo::Options),
     /// Setup, build, format and lint checks, the object check and every test.
     Test(test::Options),
-    /// Build or reuse the cached kube-apiserver; print its path.
-    KubeApiserver(apiserver::Options),
+    /// Build or reuse the cached Kubernetes binaries; print their directory.
+    Kube(kube::Options),
     /// Boot Debian kernels (5.10, 6.1, 6.12) under qemu and run the test suites in each.
     Vm(vm::Options),
+    /// A real single-node Kubernetes in a network namespace: `up`, `down`, `status`.
+    Cluster(cluster::Options),
+    /// The agent's container image, built without pulling any base image.
+    Image(image::Options),
     /// Run a benchmark and print its figures (`cargo xtask bench engine`).
     Bench(bench::Options),
 }
@@ -47,8 +53,10 @@ fn main() -> Result<()> {
         Command::CheckEbpf(options) => check_ebpf::run(&options),
         Command::Demo(options) => demo::run(&options),
         Command::Test(options) => test::run(&options),
-        Command::KubeApiserver(options) => apiserver::run(&options),
+        Command::Kube(options) => kube::run(&options),
         Command::Vm(options) => vm::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Image(options) => image::run(&options),
+        Command::Cluster(options) => cluster::run(&options),
     }
 }

@@ -51,19 +51,40 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "golang-go",
-        "`cargo xtask kube-apiserver`: go 1.19 builds kube-apiserver from Debian's source",
+        "`cargo xtask kube`: go 1.19 builds the Kubernetes binaries from Debian's source",
     ),
     (
         "rsync",
-        "`cargo xtask kube-apiserver`: the upstream kubernetes Makefile copies with it",
+        "`cargo xtask kube`: the upstream kubernetes Makefile copies with it",
     ),
     (
         "dpkg-dev",
-        "`cargo xtask kube-apiserver`: dpkg-source unpacks the kubernetes source package",
+        "`cargo xtask kube`: dpkg-source unpacks the kubernetes source package",
     ),
     (
         "etcd-server",
         "the API server tests: etcd is kube-apiserver's storage",
+    ),
+    (
+        "gcc",
+        "`cargo xtask kube`: kubelet links with cgo; `cargo xtask cluster`: the static pause",
+    ),
+    (
+        "libc6-dev",
+        "`cargo xtask cluster`: static glibc for the pause binary",
+    ),
+    (
+        "containerd",
+        "`cargo xtask cluster`: the real node's container runtime (CRI)",
+    ),
+    ("runc", "`cargo xtask cluster`: containerd's OCI runtime"),
+    (
+        "containernetworking-plugins",
+        "`cargo xtask cluster`: ptp and host-local give pods routed host-side veths",
+    ),
+    (
+        "conntrack",
+        "`cargo xtask cluster`: kube-proxy flushes UDP entries with it",
     ),
     (
         "etcd-client",

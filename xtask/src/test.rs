@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 use anyhow::Result;
 use xtask::{EBPF_OBJECT_ENV, KUBE_APISERVER_ENV};
 
-use crate::{apiserver, build_ebpf, check_ebpf, exec, setup, vm};
+use crate::{build_ebpf, check_ebpf, exec, kube, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct Options {}
@@ -28,10 +28,11 @@ pub fn run(_options: &Options) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The suites that talk to a real API server get the cached kube-apiserver (built from
-    // Debian's source the first time, about 12 minutes).
-    let kube_apiserver = apiserver::ensure_kube_apiserver()?;
-    apiserver::etcd_binary()?;
+    // The suites that talk to a real API server get the cached kube-apiserver (built with the
+    // other Kubernetes binaries from Debian's source the first time, about 20 minutes).
+    let kube = kube::ensure_kube()?;
+    let kube_apiserver = kube.get("kube-apiserver");
+    kube::etcd_binary()?;
     // The end-to-end suites run the agent binary, which `cargo test` does not build for
     // another package's tests.
     exec::run(cargo(root, &object).args([

@@ -1,26 +1,31 @@
-//! `cargo xtask kube-apiserver`: a real kube-apiserver for the tests, built once and cached.
+//! `cargo xtask kube`: the Kubernetes binaries the tests and the real cluster use, built once
+//! and cached.
 //!
-//! No registry reachable from CI ships a kube-apiserver binary, but Debian bookworm's
-//! `kubernetes` source package holds the whole 1.20.2 tree with `vendor/`
-//! (`handbook/kube-apiserver.md`). This module fetches it through a private apt configuration
+//! No registry reachable from CI ships Kubernetes binaries, but Debian bookworm's `kubernetes`
+//! source package holds the whole 1.20.2 tree with `vendor/` (`handbook/kube-apiserver.md`,
+//! `handbook/real-cluster.md`). This module fetches it through a private apt configuration
 //! (its own sources list, state, cache and lists under the cache directory, so the machine's apt
-//! state is never touched), unpacks it and runs the upstream `make` for the one command.
+//! state is never touched), unpacks it and runs the upstream `make` once for every command:
+//! the API suites need the kube-apiserver; `cargo xtask cluster` needs the node's kubelet,
+//! kube-proxy, controller-manager, scheduler and kubectl; the cluster tests run upstream's
+//! NetworkPolicy e2e (`e2e.test`, `ginkgo`) with the `agnhost` test image built from the same
+//! tree.
 //!
-//! Layout under `cache_dir()/kube-apiserver/<version>/`:
-//! - `kube-apiserver` and `built`: the binary and its stamp. Only a binary next to a stamp that
-//!   names the same build is taken as done; the stamp is written last.
+//! Layout under `cache_dir()/kube/<version>/`:
+//! - `bin/` and `built`: the binaries and their stamp. Only binaries next to a stamp that
+//!   names the same build (version and target list) are taken as done; the stamp is written
+//!   last.
 //! - `lock`: held (flock) while building, so two runs never build into one tree; a second run
-//!   waits and then finds the first one's binary.
+//!   waits and then finds the first one's binaries.
 //! - `work/`: the private apt configuration, the downloaded source and the unpacked tree with
 //!   the go build cache. Each step skips what a previous, interrupted run finished, so a rerun
-//!   resumes. After a successful build `work/` is deleted (the unpacked tree and the go build
-//!   cache are many times the binary's 110 MB): the binary is all the tests need, and a version
-//!   bump starts from a fresh download anyway.
+//!   resumes. After a successful build `work/` is deleted (the tree and the go build cache need
+//!   about 3 GB, ten times the binaries).
 //!
 //! The mirror is never written here: it is read from the machine's own apt sources and reused
-//! for the `deb-src` line. What the build needs from Debian (`golang-go`, `rsync`, `dpkg-dev`)
-//! is installed by `cargo xtask setup`. It does not run the server: the tests crate does that
-//! (`tests/src/apiserver.rs`).
+//! for the `deb-src` line. What the build needs from Debian (`golang-go`, `rsync`, `dpkg-dev`,
+//! `gcc`) is installed by `cargo xtask setup`. It runs nothing it builds: the tests crate runs
+//! the API server (`tests/src/apiserver.rs`), `cargo xtask cluster` the node.
 
 use std::{
     fs::{self, File},
@@ -48,56 +53,89 @@ const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const APT_SOURCES_LIST: &str = "/etc/apt/sources.list";
 const APT_SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 
+/// What one `make` builds, as upstream names the targets. The tree's own rules make the server
+/// binaries static and build kubelet with cgo, as its releases do. Ginkgo is the vendored CLI
+/// that runs `e2e.test` in parallel.
+const MAKE_TARGETS: &[&str] = &[
+    "cmd/kube-apiserver",
+    "cmd/kube-controller-manager",
+    "cmd/kube-scheduler",
+    "cmd/kube-proxy",
+    "cmd/kubelet",
+    "cmd/kubectl",
+    "test/e2e/e2e.test",
+    "vendor/github.com/onsi/ginkgo/ginkgo",
+];
+
+/// The e2e image binary, built static in GOPATH mode as the tree's image scripts do.
+const AGNHOST_PACKAGE: &str = "k8s.io/kubernetes/test/images/agnhost";
+
+/// The pod sandbox's process, compiled static from the tree (no registry serves the image).
+const PAUSE_SOURCE: &str = "build/pause/linux/pause.c";
+
 #[derive(clap::Args, Default)]
 pub struct Options {}
 
-/// Builds the binary if needed and prints its path on stdout (progress goes to stderr).
+/// Builds the binaries if needed and prints their directory on stdout (progress goes to
+/// stderr).
 pub fn run(_options: &Options) -> Result<()> {
-    let binary = ensure_kube_apiserver()?;
-    // The tests need etcd beside it: say now if it is missing, not in the middle of a run.
+    let binaries = ensure_kube()?;
+    // The tests need etcd beside them: say now if it is missing, not in the middle of a run.
     let etcd = etcd_binary()?;
-    eprintln!("kube-apiserver: etcd for the tests is {}", etcd.display());
-    println!("{}", binary.display());
+    eprintln!("kube: etcd for the tests is {}", etcd.display());
+    println!("{}", binaries.dir.display());
     Ok(())
 }
 
-/// Returns the cached kube-apiserver, building it first when there is none (about 12 minutes
-/// on 2 cores). Safe to call concurrently and to interrupt: a rerun resumes.
-pub fn ensure_kube_apiserver() -> Result<PathBuf> {
-    let dir = cache_dir().join("kube-apiserver").join(KUBE_VERSION);
+/// The cached binaries of one build.
+pub struct KubeBinaries {
+    pub dir: PathBuf,
+}
+
+impl KubeBinaries {
+    /// One binary by name (`kube-apiserver`, `kubelet`, `e2e.test`, `agnhost`, ...).
+    pub fn get(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Returns the cached binaries, building them first when there are none (about 20 minutes on
+/// 2 cores). Safe to call concurrently and to interrupt: a rerun resumes.
+pub fn ensure_kube() -> Result<KubeBinaries> {
+    let dir = cache_dir().join("kube").join(KUBE_VERSION);
     let layout = Layout::new(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     // Cheap path first, without the lock: a finished build is never modified again.
     if layout.is_done() {
-        return Ok(layout.binary);
+        return Ok(KubeBinaries { dir: layout.bin });
     }
     let lock = File::create(&layout.lock)
         .with_context(|| format!("creating {}", layout.lock.display()))?;
     if lock.try_lock().is_err() {
         eprintln!(
-            "kube-apiserver: another run holds {}; waiting for it",
+            "kube: another run holds {}; waiting for it",
             layout.lock.display()
         );
         lock.lock()
             .with_context(|| format!("locking {}", layout.lock.display()))?;
     }
     if layout.is_done() {
-        return Ok(layout.binary);
+        return Ok(KubeBinaries { dir: layout.bin });
     }
     let started = Instant::now();
     eprintln!(
-        "kube-apiserver: no finished {KUBE_VERSION} build in {}; building it (about 12 minutes \
-         on 2 cores, resumable)",
+        "kube: no finished {KUBE_VERSION} build in {}; building it (about 20 minutes on 2 \
+         cores, resumable)",
         dir.display()
     );
     build(&layout)?;
     eprintln!(
-        "kube-apiserver: built {} in {:.0?}",
-        layout.binary.display(),
+        "kube: built {} in {:.0?}",
+        layout.bin.display(),
         started.elapsed()
     );
-    Ok(layout.binary)
+    Ok(KubeBinaries { dir: layout.bin })
 }
 
 /// Debian's `/usr/bin/etcd` (package `etcd-server`), or an `etcd` found on `PATH`.
@@ -112,7 +150,7 @@ pub fn etcd_binary() -> Result<PathBuf> {
 
 /// Every path of one version's cache entry.
 struct Layout {
-    binary: PathBuf,
+    bin: PathBuf,
     stamp: PathBuf,
     lock: PathBuf,
     work: PathBuf,
@@ -127,7 +165,7 @@ impl Layout {
     fn new(dir: &Path) -> Self {
         let work = dir.join("work");
         Self {
-            binary: dir.join("kube-apiserver"),
+            bin: dir.join("bin"),
             stamp: dir.join("built"),
             lock: dir.join("lock"),
             apt: work.join("apt"),
@@ -139,25 +177,27 @@ impl Layout {
         }
     }
 
-    /// What the stamp of a finished build says.
+    /// What the stamp of a finished build says: a new target means a new build.
     fn stamp_text() -> String {
         format!(
-            "kube-apiserver {KUBE_VERSION} from Debian {SUITE} source package {SOURCE_PACKAGE}\n"
+            "kubernetes {KUBE_VERSION} from Debian {SUITE} source package {SOURCE_PACKAGE}: {} \
+             {AGNHOST_PACKAGE} {PAUSE_SOURCE}\n",
+            MAKE_TARGETS.join(" ")
         )
     }
 
     fn is_done(&self) -> bool {
-        self.binary.is_file()
+        self.bin.is_dir()
             && fs::read_to_string(&self.stamp).is_ok_and(|stamp| stamp == Self::stamp_text())
     }
 }
 
 fn build(layout: &Layout) -> Result<()> {
-    for tool in ["apt-get", "dpkg-source", "go", "make", "rsync"] {
+    for tool in ["apt-get", "dpkg-source", "go", "make", "rsync", "gcc"] {
         if !on_path(tool) {
             bail!(
-                "building kube-apiserver needs `{tool}`, which is not on PATH: run \
-                 `cargo xtask setup` (it installs golang-go, rsync and dpkg-dev)"
+                "building Kubernetes needs `{tool}`, which is not on PATH: run `cargo xtask \
+                 setup` (it installs golang-go, rsync, dpkg-dev and gcc)"
             );
         }
     }
@@ -167,30 +207,38 @@ fn build(layout: &Layout) -> Result<()> {
     let dsc = download_source(layout)?;
     unpack(layout, &dsc)?;
     make(layout)?;
+    build_agnhost(layout)?;
+    build_pause(layout)?;
 
-    let built = layout.tree.join("_output/bin/kube-apiserver");
-    let partial = layout.binary.with_extension("partial");
-    fs::copy(&built, &partial)
-        .with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
-    fs::rename(&partial, &layout.binary).with_context(|| {
-        format!(
-            "renaming {} to {}",
-            partial.display(),
-            layout.binary.display()
-        )
-    })?;
-    let version = exec::capture(Command::new(&layout.binary).arg("--version"))?;
+    let output = layout.tree.join("_output/bin");
+    let partial = layout.bin.with_extension("partial");
+    remove_dir_if_present(&partial)?;
+    fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let names = MAKE_TARGETS
+        .iter()
+        .map(|target| target.rsplit('/').next().unwrap_or(target))
+        .chain(["agnhost", "pause"]);
+    for name in names {
+        let built = output.join(name);
+        fs::copy(&built, partial.join(name))
+            .with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
+    }
+    remove_dir_if_present(&layout.bin)?;
+    fs::rename(&partial, &layout.bin)
+        .with_context(|| format!("renaming {} to {}", partial.display(), layout.bin.display()))?;
+    let apiserver = layout.bin.join("kube-apiserver");
+    let version = exec::capture(Command::new(&apiserver).arg("--version"))?;
     if !version.contains(KUBE_VERSION) {
         bail!(
             "{} reports {:?}, expected {KUBE_VERSION}",
-            layout.binary.display(),
+            apiserver.display(),
             version.trim()
         );
     }
     fs::write(&layout.stamp, Layout::stamp_text())
         .with_context(|| format!("writing {}", layout.stamp.display()))?;
     eprintln!(
-        "kube-apiserver: {} ready; removing the build tree {}",
+        "kube: {} ready; removing the build tree {}",
         version.trim(),
         layout.work.display()
     );
@@ -203,15 +251,12 @@ fn build(layout: &Layout) -> Result<()> {
 /// Returns the `.dsc`. Skipped when a previous run already downloaded it.
 fn download_source(layout: &Layout) -> Result<PathBuf> {
     if let Some(dsc) = find_dsc(&layout.download)? {
-        eprintln!(
-            "kube-apiserver: [1/3] source already downloaded ({})",
-            dsc.display()
-        );
+        eprintln!("kube: [1/4] source already downloaded ({})", dsc.display());
         return Ok(dsc);
     }
     let mirror = debian_mirror()?;
     eprintln!(
-        "kube-apiserver: [1/3] downloading the {SOURCE_PACKAGE} source package from {} \
+        "kube: [1/4] downloading the {SOURCE_PACKAGE} source package from {} \
          ({SUITE}, taken from the machine's apt sources)",
         mirror.uri
     );
@@ -248,7 +293,7 @@ fn download_source(layout: &Layout) -> Result<PathBuf> {
 fn unpack(layout: &Layout, dsc: &Path) -> Result<()> {
     if layout.unpacked_stamp.is_file() && layout.tree.is_dir() {
         eprintln!(
-            "kube-apiserver: [2/3] source already unpacked ({})",
+            "kube: [2/4] source already unpacked ({})",
             layout.tree.display()
         );
         return Ok(());
@@ -264,12 +309,12 @@ fn unpack(layout: &Layout, dsc: &Path) -> Result<()> {
     if !debian_version.contains(upstream) {
         bail!(
             "{} is version {debian_version}, which does not hold kubernetes {upstream}: update \
-             KUBE_VERSION in xtask/src/apiserver.rs",
+             KUBE_VERSION in xtask/src/kube.rs",
             dsc.display()
         );
     }
     eprintln!(
-        "kube-apiserver: [2/3] unpacking {SOURCE_PACKAGE} {debian_version} into {}",
+        "kube: [2/4] unpacking {SOURCE_PACKAGE} {debian_version} into {}",
         layout.tree.display()
     );
     remove_dir_if_present(&layout.tree)?;
@@ -287,42 +332,77 @@ fn unpack(layout: &Layout, dsc: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", layout.unpacked_stamp.display()))
 }
 
-/// Step 3: the upstream build of the one command, static, with the version baked in. `make` and
-/// the go build cache make a rerun after an interruption cheap.
+/// Step 3: the upstream build of every target, with the version baked in. `make` and the go
+/// build cache make a rerun after an interruption cheap.
 fn make(layout: &Layout) -> Result<()> {
+    let what = MAKE_TARGETS.join(" ");
     eprintln!(
-        "kube-apiserver: [3/3] make WHAT=cmd/kube-apiserver in {} (the long step; go prints \
-         little until it links)",
+        "kube: [3/4] make WHAT=\"{what}\" in {} (the long step; go prints little until it \
+         links)",
         layout.tree.display()
     );
     let started = Instant::now();
     exec::run(
-        tool("make")
-            .arg("WHAT=cmd/kube-apiserver")
-            .current_dir(&layout.tree)
-            // A static binary: nothing to match on the machines that run the tests.
-            .env("CGO_ENABLED", "0")
-            // There is no .git in a Debian source tree: say what it is, or the binary
-            // reports v0.0.0 and clients' version checks misbehave.
-            .env("KUBE_GIT_VERSION", KUBE_VERSION)
-            .env("KUBE_GIT_TREE_STATE", "clean")
-            // Everything comes from vendor/: never reach for a module proxy.
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "-mod=vendor")
-            // Inside work/, so it goes when the tree goes.
-            .env("GOCACHE", &layout.go_cache),
+        go_build_env(tool("make"), layout)
+            .arg(format!("WHAT={what}"))
+            .current_dir(&layout.tree),
     )
     .with_context(|| {
         format!(
-            "building kube-apiserver in {} failed; rerun to resume",
+            "building Kubernetes in {} failed; rerun to resume",
             layout.tree.display()
         )
     })?;
-    eprintln!(
-        "kube-apiserver: [3/3] make finished in {:.0?}",
-        started.elapsed()
-    );
+    eprintln!("kube: [3/4] make finished in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Step 4: agnhost, the one image the NetworkPolicy e2e runs, static. The tree's image scripts
+/// build it in GOPATH mode from the `_output/local/go` link that `make` left.
+fn build_agnhost(layout: &Layout) -> Result<()> {
+    eprintln!("kube: [4/4] building agnhost");
+    let gopath = layout.tree.join("_output/local/go");
+    let package_dir = gopath.join("src/k8s.io/kubernetes");
+    exec::run(
+        go_build_env(tool("go"), layout)
+            .args(["build", "-o"])
+            .arg(layout.tree.join("_output/bin/agnhost"))
+            .arg(AGNHOST_PACKAGE)
+            .current_dir(&package_dir)
+            .env("GO111MODULE", "off")
+            .env("GOFLAGS", "")
+            .env("GOPATH", &gopath)
+            .env("CGO_ENABLED", "0"),
+    )
+    .with_context(|| format!("building agnhost in {} failed", package_dir.display()))
+}
+
+/// The pause binary, as the tree's image build compiles it (static, `-Os`), with its version.
+fn build_pause(layout: &Layout) -> Result<()> {
+    eprintln!("kube: building pause from {PAUSE_SOURCE}");
+    exec::run(
+        tool("gcc")
+            .args(["-Os", "-Wall", "-Werror", "-static"])
+            .arg(format!("-DVERSION={KUBE_VERSION}"))
+            .arg("-o")
+            .arg(layout.tree.join("_output/bin/pause"))
+            .arg(layout.tree.join(PAUSE_SOURCE)),
+    )
+    .context("compiling pause (gcc and libc6-dev come with `cargo xtask setup`)")
+}
+
+/// The environment of every go build of the tree.
+fn go_build_env(mut cmd: Command, layout: &Layout) -> Command {
+    // There is no .git in a Debian source tree: say what it is, or the binaries report v0.0.0
+    // and clients' version checks misbehave.
+    cmd.env("KUBE_GIT_VERSION", KUBE_VERSION)
+        .env("KUBE_GIT_TREE_STATE", "clean")
+        // Everything comes from vendor/: never reach for a module proxy.
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=vendor")
+        // Inside work/, so it goes when the tree goes.
+        .env("GOCACHE", &layout.go_cache);
+    cmd
 }
 
 fn find_dsc(dir: &Path) -> Result<Option<PathBuf>> {
@@ -381,7 +461,7 @@ fn debian_mirror() -> Result<Mirror> {
     }
     bail!(
         "no `deb` source for suite {SUITE} in {APT_SOURCES_DIR}/*.sources, {APT_SOURCES_DIR}/*.list \
-         or {APT_SOURCES_LIST}: the kube-apiserver build takes its mirror from there"
+         or {APT_SOURCES_LIST}: the Kubernetes build takes its mirror from there"
     )
 }
 
@@ -510,7 +590,7 @@ fn apt(config: &Path) -> Command {
 }
 
 /// A build command whose output goes to stderr: stdout carries only the binary's path, for
-/// `$(cargo xtask kube-apiserver)`.
+/// `$(cargo xtask kube)`.
 fn tool(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdout(Stdio::from(std::io::stderr()));
