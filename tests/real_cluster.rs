@@ -533,3 +533,351 @@ fn uninstall_leaves_the_node_clean() {
     let state = netpol_tests::real_cluster::node_state();
     assert!(state.is_clean(), "left after the uninstall: {state:?}");
 }
+
+/// Which upstream cases must pass (`tests/e2e/network-policy-cases.txt`).
+fn e2e_requirements() -> Vec<(String, String)> {
+    let path =
+        netpol_tests::real_cluster::workspace_root().join("tests/e2e/network-policy-cases.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (requirement, name) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("{}: no tab in {line:?}", path.display()));
+            (requirement.to_owned(), name.to_owned())
+        })
+        .collect()
+}
+
+/// Upstream's NetworkPolicy e2e, unchanged, with the agent as the DaemonSet on `backend`.
+fn upstream_e2e(backend: Backend) {
+    use netpol_tests::real_cluster::{CaseOutcome, run_network_policy_e2e};
+    let cluster = cluster();
+    cluster
+        .deploy_agent(backend)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let cases = run_network_policy_e2e(4).unwrap_or_else(|error| panic!("{error:#}"));
+    let requirements = e2e_requirements();
+    let mut problems = Vec::new();
+    let mut report = String::new();
+    // Only the focused cases: ginkgo reports every other case of the suite as skipped.
+    let cases: Vec<_> = cases
+        .into_iter()
+        .filter(|(name, _)| name.contains("NetworkPolicy"))
+        .collect();
+    for (name, outcome) in &cases {
+        let requirement = requirements
+            .iter()
+            .find(|(_, listed)| listed == name.trim())
+            .map(|(requirement, _)| requirement.as_str());
+        report.push_str(&format!(
+            "{outcome:?}\t{}\t{}\n",
+            requirement.unwrap_or("unlisted"),
+            name.trim()
+        ));
+        match (requirement, outcome) {
+            (_, CaseOutcome::Skipped) => {}
+            (Some("pass"), CaseOutcome::Passed) | (Some("known-failing"), _) => {}
+            (Some("pass"), CaseOutcome::Failed) => {
+                problems.push(format!("failed: {}", name.trim()))
+            }
+            (Some(other), _) => {
+                problems.push(format!("unknown requirement {other:?}: {}", name.trim()))
+            }
+            (None, _) => problems.push(format!(
+                "not in tests/e2e/network-policy-cases.txt ({outcome:?}): {}",
+                name.trim()
+            )),
+        }
+    }
+    let count = |wanted: CaseOutcome| {
+        cases
+            .iter()
+            .filter(|(_, outcome)| *outcome == wanted)
+            .count()
+    };
+    eprintln!(
+        "upstream NetworkPolicy e2e on {}: {} passed, {} failed, {} skipped\n{report}",
+        backend.name(),
+        count(CaseOutcome::Passed),
+        count(CaseOutcome::Failed),
+        count(CaseOutcome::Skipped)
+    );
+    for (requirement, name) in &requirements {
+        if requirement == "pass" && !cases.iter().any(|(case, _)| case.trim() == name) {
+            problems.push(format!("required but not run: {name}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\nagent log:\n{}",
+        problems.join("\n"),
+        cluster.agent_logs()
+    );
+}
+
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn upstream_network_policy_e2e_on_ebpf() {
+    upstream_e2e(Backend::Ebpf);
+}
+
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn upstream_network_policy_e2e_on_iptables() {
+    upstream_e2e(Backend::Iptables);
+}
+
+/// The client loop of the upgrade test: a new connection (one HTTP exchange) every 200 ms,
+/// one line per attempt (`ok` or `fail`); with `long_lived`, also one connection kept open
+/// for the whole test, echoing a line every 200 ms, that writes `ended` if it is ever cut.
+fn client_loop(server: &str, long_lived: bool) -> String {
+    let long = if long_lived {
+        format!(
+            "(while :; do echo tick; sleep 0.2; done | nc {server} 9000 > /tmp/echoes; \
+             echo ended > /tmp/long-ended) & "
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{long}while :; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc -w 2 {server} 8080 \
+         2>/dev/null | grep -q HTTP; then echo ok; else echo fail; fi; sleep 0.2; done"
+    )
+}
+
+/// `(ok, fail)` lines a client logged since line `from`.
+fn client_results(cluster: &RealCluster, pod: &str, from: usize) -> (usize, usize, usize) {
+    let logs = cluster
+        .kubectl(&["-n", "default", "logs", pod])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let lines: Vec<&str> = logs.lines().collect();
+    let window = &lines[from.min(lines.len())..];
+    let ok = window.iter().filter(|line| **line == "ok").count();
+    let fail = window.iter().filter(|line| **line == "fail").count();
+    (ok, fail, lines.len())
+}
+
+fn echoes(cluster: &RealCluster) -> (usize, bool) {
+    let count = cluster
+        .kubectl(&[
+            "-n",
+            "default",
+            "exec",
+            "upgrade-allowed",
+            "--",
+            "sh",
+            "-c",
+            "wc -l < /tmp/echoes",
+        ])
+        .unwrap_or_default();
+    let ended = cluster
+        .kubectl(&[
+            "-n",
+            "default",
+            "exec",
+            "upgrade-allowed",
+            "--",
+            "cat",
+            "/tmp/long-ended",
+        ])
+        .is_ok();
+    (count.trim().parse().unwrap_or(0), ended)
+}
+
+/// Enforcement has no gap while the agent is replaced: a rolling update of the DaemonSet to a
+/// new image tag (and back), `kubectl delete pod` of the agent, and a kill -9 of its process
+/// on the node, each while an allowed long-lived connection and a stream of new allowed and
+/// denied connections run: no denied connection gets through, no allowed one is refused or
+/// cut.
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn agent_replacement_without_a_gap() {
+    let cluster = cluster();
+    cluster
+        .deploy_agent(Backend::Ebpf)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let _cleanup = Cleanup(|| {
+        let cluster = RealCluster::connect().expect("cluster");
+        cluster.delete(
+            "default",
+            &[
+                "pod/upgrade-server",
+                "pod/upgrade-allowed",
+                "pod/upgrade-denied",
+                "networkpolicy/upgrade-server",
+            ],
+        );
+        let _ = cluster.kubectl(&[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "ds/netpol-agent",
+            "agent=netpol-agent:latest",
+        ]);
+    });
+    let must = |result: anyhow::Result<String>| result.unwrap_or_else(|error| panic!("{error:#}"));
+    // The same image under a second tag: the rollout replaces every pod, as a new version would.
+    netpol_tests::real_cluster::tag_image("netpol-agent:latest", "netpol-agent:upgrade")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    must(
+        cluster
+            .apply(
+                r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: upgrade-server
+  namespace: default
+spec:
+  podSelector:
+    matchLabels:
+      app: upgrade-server
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          role: allowed
+"#,
+            )
+            .map(|()| String::new()),
+    );
+    let server = must(cluster.run_pod(
+        "default",
+        "upgrade-server",
+        BUSYBOX,
+        Some("app=upgrade-server"),
+        &[
+            "sh",
+            "-c",
+            "echo up > /tmp/index.html; httpd -p 8080 -h /tmp; exec nc -ll -p 9000 -e cat",
+        ],
+    ));
+    must(cluster.run_pod(
+        "default",
+        "upgrade-allowed",
+        BUSYBOX,
+        Some("role=allowed"),
+        &["sh", "-c", &client_loop(&server, true)],
+    ));
+    must(cluster.run_pod(
+        "default",
+        "upgrade-denied",
+        BUSYBOX,
+        None,
+        &["sh", "-c", &client_loop(&server, false)],
+    ));
+    // Settled: the allowed client gets answers and the denied one none, before anything moves.
+    assert!(
+        eventually(|| {
+            let (ok, _, _) = client_results(&cluster, "upgrade-allowed", 0);
+            let (_, fail, _) = client_results(&cluster, "upgrade-denied", 0);
+            ok >= 3 && fail >= 1
+        }),
+        "the clients never settled\nagent log:\n{}",
+        cluster.agent_logs()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let disruptions: [(&str, &dyn Fn()); 4] = [
+        ("rolling update to a new image tag", &|| {
+            must(cluster.kubectl(&[
+                "-n",
+                "kube-system",
+                "set",
+                "image",
+                "ds/netpol-agent",
+                "agent=netpol-agent:upgrade",
+            ]));
+            cluster
+                .wait_agent_rollout()
+                .unwrap_or_else(|error| panic!("{error:#}"));
+        }),
+        ("rolling update back", &|| {
+            must(cluster.kubectl(&[
+                "-n",
+                "kube-system",
+                "set",
+                "image",
+                "ds/netpol-agent",
+                "agent=netpol-agent:latest",
+            ]));
+            cluster
+                .wait_agent_rollout()
+                .unwrap_or_else(|error| panic!("{error:#}"));
+        }),
+        ("kubectl delete pod of the agent", &|| {
+            must(cluster.kubectl(&[
+                "-n",
+                "kube-system",
+                "delete",
+                "pod",
+                "-l",
+                "app=netpol-agent",
+            ]));
+            cluster
+                .wait_agent_rollout()
+                .unwrap_or_else(|error| panic!("{error:#}"));
+            must(cluster.kubectl(&[
+                "-n",
+                "kube-system",
+                "wait",
+                "--for=condition=Ready",
+                "pod",
+                "-l",
+                "app=netpol-agent",
+                "--timeout=120s",
+            ]));
+        }),
+        ("kill -9 of the agent's process on the node", &|| {
+            netpol_tests::real_cluster::kill_agent_process()
+                .unwrap_or_else(|error| panic!("{error:#}"));
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            must(cluster.kubectl(&[
+                "-n",
+                "kube-system",
+                "wait",
+                "--for=condition=Ready",
+                "pod",
+                "-l",
+                "app=netpol-agent",
+                "--timeout=120s",
+            ]));
+        }),
+    ];
+    for (what, disrupt) in disruptions {
+        let (_, _, allowed_from) = client_results(&cluster, "upgrade-allowed", 0);
+        let (_, _, denied_from) = client_results(&cluster, "upgrade-denied", 0);
+        let (echoes_before, _) = echoes(&cluster);
+        disrupt();
+        // A few more attempts after the new agent is ready.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let (allowed_ok, allowed_refused, _) =
+            client_results(&cluster, "upgrade-allowed", allowed_from);
+        let (denied_through, denied_blocked, _) =
+            client_results(&cluster, "upgrade-denied", denied_from);
+        let (echoes_after, cut) = echoes(&cluster);
+        eprintln!(
+            "{what}: allowed {allowed_ok} ok / {allowed_refused} refused; denied {denied_blocked} blocked / \
+             {denied_through} let through; long-lived connection {} echoes, {}",
+            echoes_after.saturating_sub(echoes_before),
+            if cut { "CUT" } else { "kept" }
+        );
+        assert_eq!(denied_through, 0, "{what}: denied connections got through");
+        assert_eq!(
+            allowed_refused, 0,
+            "{what}: allowed connections were refused"
+        );
+        assert!(!cut, "{what}: the long-lived allowed connection was cut");
+        assert!(
+            allowed_ok > 0 && denied_blocked > 0,
+            "{what}: the clients stopped probing"
+        );
+        assert!(
+            echoes_after > echoes_before,
+            "{what}: the long-lived connection stalled"
+        );
+    }
+}

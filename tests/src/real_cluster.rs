@@ -535,3 +535,225 @@ fn node_command(program: &str, args: &[&str]) -> String {
         .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// The outcome of one upstream e2e case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CaseOutcome {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+/// Runs upstream's NetworkPolicy e2e (the 1.20 tree's `e2e.test`, unchanged) against the
+/// cluster with ginkgo's parallel runner, as upstream CI does, and returns every case with
+/// its outcome (from the JUnit reports). SCTP cases are skipped: this kernel has no SCTP
+/// module to load.
+pub fn run_network_policy_e2e(nodes: u32) -> Result<Vec<(String, CaseOutcome)>> {
+    let bin = std::env::var_os(xtask::cluster::KUBE_BIN_ENV)
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!(
+                "{} is not set: it names the directory of e2e.test and ginkgo (`cargo xtask \
+                 kube` prints it; `cargo xtask test` sets it)",
+                xtask::cluster::KUBE_BIN_ENV
+            )
+        })?;
+    let report = tempdir("e2e-report")?;
+    let log_path = report.join("e2e.log");
+    let log = std::fs::File::create(&log_path).context("creating the e2e log")?;
+    let dir = xtask::cluster::dir();
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NETNS}"))
+        .arg("--")
+        .arg(bin.join("ginkgo"))
+        .arg(format!("-nodes={nodes}"))
+        .args([
+            "-noColor",
+            "-focus=NetworkPolicy",
+            "-skip=SCTP|Serial|Disruptive",
+        ])
+        .arg(bin.join("e2e.test"))
+        .arg("--")
+        .args([
+            "--provider=skeleton",
+            "--num-nodes=1",
+            "--allowed-not-ready-nodes=0",
+            "--minStartupPods=0",
+            "--disable-log-dump",
+            "--system-pods-startup-timeout=1m",
+            "--node-schedulable-timeout=1m",
+            "--system-daemonsets-startup-timeout=1m",
+            "--container-runtime=remote",
+        ])
+        .arg(format!(
+            "--container-runtime-endpoint=unix://{}",
+            dir.join("containerd/containerd.sock").display()
+        ))
+        .arg(format!(
+            "--kubeconfig={}",
+            dir.join("admin.kubeconfig").display()
+        ))
+        .arg(format!("--report-dir={}", report.display()))
+        .stdout(log.try_clone().context("duplicating the e2e log")?)
+        .stderr(log)
+        .status()
+        .context("running ginkgo")?;
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(&report).context("reading the e2e reports")? {
+        let path = entry.context("reading the e2e reports")?.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        if name.is_some_and(|name| name.starts_with("junit") && name.ends_with(".xml")) {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            cases.extend(junit_cases(&text));
+        }
+    }
+    if cases.is_empty() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        bail!(
+            "the e2e run ({status}) left no JUnit report; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    cases.sort();
+    eprintln!("e2e: ginkgo {status}; log {}", log_path.display());
+    Ok(cases)
+}
+
+/// `(name, outcome)` of every `<testcase>` of a JUnit report.
+pub fn junit_cases(xml: &str) -> Vec<(String, CaseOutcome)> {
+    let mut cases = Vec::new();
+    for chunk in xml.split("<testcase ").skip(1) {
+        let Some(name) = attribute(chunk, "name") else {
+            continue;
+        };
+        let body = chunk.split("</testcase>").next().unwrap_or(chunk);
+        let outcome = if body.contains("<failure") || body.contains("<error") {
+            CaseOutcome::Failed
+        } else if body.contains("<skipped") {
+            CaseOutcome::Skipped
+        } else {
+            CaseOutcome::Passed
+        };
+        cases.push((name, outcome));
+    }
+    cases
+}
+
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = start + tag[start..].find('"')?;
+    Some(
+        tag[start..end]
+            .replace("&#39;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// A fresh directory under the system's temporary directory, kept for the logs it holds.
+fn tempdir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "netpol-{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Gives a node-local image a second name in the node's containerd.
+pub fn tag_image(from: &str, to: &str) -> Result<()> {
+    let normalize = |name: &str| format!("docker.io/library/{name}");
+    let socket = xtask::cluster::dir().join("containerd/containerd.sock");
+    // Replaces an older image of that name from a previous run.
+    let _ = Command::new("ctr")
+        .arg("--address")
+        .arg(&socket)
+        .args(["-n", "k8s.io", "images", "rm", &normalize(to)])
+        .output();
+    let output = Command::new("ctr")
+        .arg("--address")
+        .arg(&socket)
+        .args([
+            "-n",
+            "k8s.io",
+            "images",
+            "tag",
+            &normalize(from),
+            &normalize(to),
+        ])
+        .output()
+        .context("running ctr images tag")?;
+    if !output.status.success() {
+        bail!(
+            "ctr images tag {from} {to}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// SIGKILL to the agent's process on the node (found by its command line).
+pub fn kill_agent_process() -> Result<()> {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc")
+        .context("reading /proc")?
+        .flatten()
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let mut words = cmdline.split(|byte| *byte == 0);
+        let program = words.next().unwrap_or_default();
+        if program.ends_with(b"/usr/local/bin/netpol-agent") && words.next() == Some(b"run") {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed += 1;
+        }
+    }
+    if killed != 1 {
+        bail!("expected one agent process on the node, killed {killed}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_read_outcomes_from_a_ginkgo_junit_report() {
+        let xml = r#"<testsuite tests="3">
+  <testcase name="[sig-network] NetworkPolicy should allow ingress access from updated pod [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" time="20.1"></testcase>
+  <testcase name="[sig-network] NetworkPolicy should deny egress from pods based on PodSelector [Feature:NetworkPolicy] " classname="Kubernetes e2e suite" time="40.2">
+      <failure type="Failure">timed out &amp; more</failure>
+  </testcase>
+  <testcase name="[sig-network] NetworkPolicy should work with &#39;SCTP&#39;" classname="Kubernetes e2e suite" time="0">
+      <skipped></skipped>
+  </testcase>
+</testsuite>"#;
+        let cases = junit_cases(xml);
+        assert_eq!(cases.len(), 3);
+        assert_eq!(cases[0].1, CaseOutcome::Passed);
+        assert_eq!(cases[1].1, CaseOutcome::Failed);
+        assert_eq!(
+            cases[2].0,
+            "[sig-network] NetworkPolicy should work with 'SCTP'"
+        );
+        assert_eq!(cases[2].1, CaseOutcome::Skipped);
+    }
+}

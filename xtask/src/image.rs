@@ -61,11 +61,12 @@ const XTABLES_MODULES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 /// Files the tools read: protocol names for `-p`, the connlabel names of the xtables modules.
 const AGENT_DATA: &[&str] = &["/etc/protocols", "/etc/services", "/etc/xtables"];
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Options {
-    /// The image reference to give the image.
-    #[arg(long, default_value = AGENT_IMAGE)]
-    pub tag: String,
+    /// The image reference to give the image (default `netpol-agent:latest`, the name
+    /// `deploy/` uses).
+    #[arg(long)]
+    pub tag: Option<String>,
     /// Where to write the docker-archive tarball (default `target/image/netpol-agent.tar`).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -119,11 +120,11 @@ pub fn build_agent_image(options: &Options) -> Result<PathBuf> {
         .output
         .clone()
         .unwrap_or_else(|| image_dir.join("netpol-agent.tar"));
-    write_docker_archive(&tarball, &options.tag, &rootfs, &config)?;
+    let tag = options.tag.as_deref().unwrap_or(AGENT_IMAGE);
+    write_docker_archive(&tarball, tag, &rootfs, &config)?;
     eprintln!(
-        "image: {} ({}) with {} files",
+        "image: {} ({tag}) with {} files",
         tarball.display(),
-        options.tag,
         rootfs.entries.len()
     );
     Ok(tarball)

@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 use anyhow::Result;
 use xtask::{EBPF_OBJECT_ENV, KUBE_APISERVER_ENV};
 
-use crate::{build_ebpf, check_ebpf, exec, kube, setup, vm};
+use crate::{build_ebpf, check_ebpf, cluster, exec, image, kube, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct Options {}
@@ -52,7 +52,34 @@ pub fn run(_options: &Options) -> Result<()> {
     )?;
     // The test-run suite again, inside the Debian 5.10, 6.1 and 6.12 kernels.
     vm::run_matrix(&object, &vm::Options::default())?;
-    Ok(())
+    real_cluster(root, &object, &kube)
+}
+
+/// The agent as a DaemonSet on the real single-node cluster: its image built and loaded, the
+/// suite of `tests/real_cluster.rs` (ignored by a plain `cargo test`), and the cluster torn
+/// down again unless it was up before this run.
+fn real_cluster(root: &Path, object: &Path, kube: &kube::KubeBinaries) -> Result<()> {
+    let was_up = cluster::is_up();
+    let tarball = image::build_agent_image(&image::Options::default())?;
+    cluster::up_with_image(&tarball)?;
+    let suite = exec::run(
+        cargo(root, object)
+            .args([
+                "test",
+                "--package",
+                "netpol-tests",
+                "--test",
+                "real_cluster",
+            ])
+            .args(["--", "--ignored", "--test-threads=1"])
+            .env(xtask::cluster::KUBE_BIN_ENV, &kube.dir),
+    );
+    if was_up {
+        eprintln!("xtask: the cluster was up before this run; leaving it up");
+        return suite;
+    }
+    let down = cluster::down();
+    suite.and(down)
 }
 
 /// A cargo command for the host workspace that reuses the prebuilt eBPF object.

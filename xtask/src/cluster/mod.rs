@@ -209,14 +209,27 @@ fn up(layout: &Layout, with_agent_image: bool) -> Result<()> {
         }
     }
     if with_agent_image {
-        let tarball = image::build_agent_image(&image::Options {
-            tag: image::AGENT_IMAGE.to_owned(),
-            output: None,
-        })?;
+        let tarball = image::build_agent_image(&image::Options::default())?;
         load_image(layout, &tarball)?;
     }
     eprintln!("cluster: up in {:.0?}", started.elapsed());
     status(layout)
+}
+
+/// Whether every component of the cluster runs.
+pub fn is_up() -> bool {
+    all_running(&Layout::from_env())
+}
+
+/// The cluster up (started unless it runs), with the agent image `tarball` loaded.
+pub fn up_with_image(tarball: &Path) -> Result<()> {
+    let layout = Layout::from_env();
+    up(&layout, false)?;
+    load_image(&layout, tarball)
+}
+
+pub fn down() -> Result<()> {
+    teardown::down(&Layout::from_env())
 }
 
 fn start(layout: &Layout, kube: &kube::KubeBinaries) -> Result<()> {
