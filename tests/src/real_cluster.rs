@@ -756,4 +756,49 @@ mod tests {
         );
         assert_eq!(cases[2].1, CaseOutcome::Skipped);
     }
+
+    /// Every key of the agent's ConfigMap reaches the agent: the DaemonSet maps it to an
+    /// environment variable, and a flag of `netpol-agent run` reads that variable.
+    #[test]
+    fn every_configmap_key_reaches_a_flag_of_the_agent() {
+        use clap::CommandFactory as _;
+        let read = |file: &str| {
+            let path = workspace_root().join("deploy/base").join(file);
+            let text = std::fs::read_to_string(&path).expect("a deploy file");
+            serde_yaml::from_str::<serde_yaml::Value>(&text).expect("YAML")
+        };
+        let configmap = read("configmap.yaml");
+        let keys: Vec<String> = configmap["data"]
+            .as_mapping()
+            .expect("data")
+            .keys()
+            .filter_map(|key| key.as_str().map(str::to_owned))
+            .collect();
+        assert!(!keys.is_empty());
+        let daemonset = read("daemonset.yaml");
+        let env = &daemonset["spec"]["template"]["spec"]["containers"][0]["env"];
+        let command = netpol_agent::cli::Cli::command();
+        let run = command.find_subcommand("run").expect("the run subcommand");
+        let flag_envs: Vec<String> = run
+            .get_arguments()
+            .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+            .collect();
+        for key in &keys {
+            let variable = env
+                .as_sequence()
+                .expect("env")
+                .iter()
+                .find(|entry| {
+                    let reference = &entry["valueFrom"]["configMapKeyRef"];
+                    reference["name"].as_str() == Some("netpol-agent")
+                        && reference["key"].as_str() == Some(key)
+                })
+                .and_then(|entry| entry["name"].as_str())
+                .unwrap_or_else(|| panic!("ConfigMap key {key} reaches no environment variable"));
+            assert!(
+                flag_envs.iter().any(|name| name == variable),
+                "{variable} (ConfigMap key {key}) is read by no flag of netpol-agent run"
+            );
+        }
+    }
 }
