@@ -237,3 +237,48 @@ fn bad_input_is_reported_and_disturbs_nothing_else() {
         "allowed traffic is undisturbed"
     );
 }
+
+/// The safety net on the simulated node (no CNI plugin here): a pod interface whose pod the
+/// agent does not know is closed both ways (`unknown_pod`); once the pod's object is in the
+/// directory, its traffic follows its policies (none select it here: open).
+#[test]
+fn a_pod_the_agent_does_not_know_is_closed_until_its_object_arrives() {
+    if !require_root("a_pod_the_agent_does_not_know_is_closed_until_its_object_arrives") {
+        return;
+    }
+    let mut world = World::build();
+    let objects = ObjectsDir::new("unknown-pod");
+    let agent = netpol_tests::objects::start_agent(
+        &world,
+        &objects,
+        &["--pod-interface-prefix", "cali"],
+        None,
+    );
+    let nginx = ip("10.244.1.10");
+    let stranger = world.node.add_pod("10.244.1.14");
+    let _server = world.node.pods[stranger].netns.serve(80, "stranger");
+    within(STEP_TIMEOUT, || {
+        !world.node.pods[stranger].netns.tcp_probe(nginx, 80)
+    })
+    .expect("an unknown pod sends nothing");
+    assert!(
+        !world.node.pods[1].netns.tcp_probe(ip("10.244.1.14"), 80),
+        "nothing reaches an unknown pod"
+    );
+    let metrics = agent.metrics(&world.node.node).expect("metrics");
+    assert!(
+        metric(
+            &metrics,
+            "netpol_denied_packets_total{reason=\"unknown_pod\""
+        ) > 0.0,
+        "counted as unknown_pod"
+    );
+
+    let pod = "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: stranger\n  namespace: default\n  labels:\n    app: stranger\nspec:\n  nodeName: node-1\n  containers:\n  - name: main\n    image: busybox\nstatus:\n  phase: Running\n  podIP: 10.244.1.14\n  podIPs:\n  - ip: 10.244.1.14\n";
+    objects.write("stranger.yaml", pod);
+    within(STEP_TIMEOUT, || {
+        world.node.pods[stranger].netns.tcp_probe(nginx, 80)
+    })
+    .expect("known, and selected by no policy: open");
+    assert!(world.node.pods[1].netns.tcp_probe(ip("10.244.1.14"), 80));
+}

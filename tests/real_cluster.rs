@@ -68,14 +68,8 @@ fn play_seed_guide(backend: Backend) {
                 "service/nginx-slb",
             ],
         );
-        cluster.delete("test-np", &["namespace/test-np"]);
-        let _ = cluster.kubectl(&[
-            "delete",
-            "namespace",
-            "test-np",
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
+        // Namespaces are cluster-wide: waited for, so that the next run can create it again.
+        cluster.delete("default", &["namespace/test-np"]);
     });
     let must = |result: anyhow::Result<String>| result.unwrap_or_else(|error| panic!("{error:#}"));
 
@@ -880,4 +874,302 @@ spec:
             "{what}: the long-lived connection stalled"
         );
     }
+}
+
+/// A namespace whose pods may send nothing (default deny egress), and a Deployment of
+/// `replicas` busybox pods dialing `REGISTRY:port` in a loop from their first instant.
+fn dialers(namespace: &str, port: u16, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {namespace}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-egress
+  namespace: {namespace}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: dialer
+  namespace: {namespace}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: dialer}}
+  template:
+    metadata:
+      labels: {{app: dialer}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: dial
+        image: {BUSYBOX}
+        imagePullPolicy: Never
+        command: ["sh", "-c", "while :; do nc -w 1 {REGISTRY} {port} </dev/null && sleep 0.2; done"]
+"#
+    )
+}
+
+fn allow_registry(namespace: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-registry
+  namespace: {namespace}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock:
+        cidr: {REGISTRY}/32
+    ports:
+    - port: {port}
+"#
+    )
+}
+
+/// Sources from the pod range among what a server saw.
+fn pod_sources(
+    server: &netpol_tests::real_cluster::CountingServer,
+) -> Vec<(std::net::IpAddr, u64)> {
+    server
+        .sources()
+        .into_iter()
+        .filter(|(ip, _)| ip.to_string().starts_with("10.244."))
+        .collect()
+}
+
+fn pod_ips(cluster: &RealCluster, namespace: &str) -> Vec<String> {
+    cluster
+        .kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ])
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The start-up race: 50 pods created at once in a namespace that denies all egress, each
+/// dialing out in a tight loop from its first instant: not one connection gets through. Then
+/// an allow rule: every pod connects (the window closes without breaking allowed traffic).
+fn first_packet(backend: Backend, port: u16) {
+    use netpol_tests::real_cluster::{CountingServer, chain_has_plugin};
+    const PODS: u32 = 50;
+    let namespace = format!("first-packet-{}", backend.name());
+    let cluster = cluster();
+    cluster
+        .deploy_agent(backend)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert!(
+        eventually(chain_has_plugin),
+        "the agent did not put its CNI plugin into the node's chain"
+    );
+    let cleanup_namespace = namespace.clone();
+    let _cleanup = Cleanup(move || {
+        RealCluster::connect()
+            .expect("cluster")
+            .delete("default", &[&format!("namespace/{cleanup_namespace}")]);
+    });
+    let server =
+        CountingServer::start(&cluster, REGISTRY, port).unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .apply(&dialers(&namespace, port, PODS))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .kubectl(&[
+            "-n",
+            &namespace,
+            "rollout",
+            "status",
+            "deploy/dialer",
+            "--timeout=300s",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    // Every pod has been dialing for a while.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let leaked = pod_sources(&server);
+    eprintln!(
+        "{PODS} pods started under default-deny egress on {}: {} connections from {} pods got through",
+        backend.name(),
+        leaked.iter().map(|(_, count)| count).sum::<u64>(),
+        leaked.len()
+    );
+    assert!(
+        leaked.is_empty(),
+        "denied connections got through: {leaked:?}"
+    );
+
+    cluster
+        .apply(&allow_registry(&namespace, port))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let ips = pod_ips(&cluster, &namespace);
+    assert_eq!(ips.len(), PODS as usize, "{ips:?}");
+    let all_connected = eventually(|| {
+        let seen = pod_sources(&server);
+        ips.iter()
+            .all(|ip| seen.iter().any(|(source, _)| source.to_string() == *ip))
+    });
+    assert!(
+        all_connected,
+        "not every allowed pod connected: {} of {PODS}",
+        pod_sources(&server).len()
+    );
+}
+
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn pods_are_enforced_from_their_first_packet_on_ebpf() {
+    first_packet(Backend::Ebpf, 8081);
+}
+
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn pods_are_enforced_from_their_first_packet_on_iptables() {
+    first_packet(Backend::Iptables, 8082);
+}
+
+/// Pods created while the agent is away (its DaemonSet unscheduled from the node) do not
+/// start open: their sandboxes wait for the agent (the CNI plugin fails their ADD, kubelet
+/// retries). When the agent returns they start, enforced by their policies.
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn pods_created_while_the_agent_is_down_are_closed_until_it_returns() {
+    use netpol_tests::real_cluster::CountingServer;
+    const NAMESPACE: &str = "agent-down";
+    let cluster = cluster();
+    cluster
+        .deploy_agent(Backend::Ebpf)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let restore_agent = || {
+        let cluster = RealCluster::connect().expect("cluster");
+        let _ = cluster.kubectl(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "ds",
+            "netpol-agent",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#,
+        ]);
+    };
+    let _cleanup = Cleanup(move || {
+        restore_agent();
+        let cluster = RealCluster::connect().expect("cluster");
+        let _ = cluster.wait_agent_rollout();
+        cluster.delete("default", &[&format!("namespace/{NAMESPACE}")]);
+    });
+    let server =
+        CountingServer::start(&cluster, REGISTRY, 8083).unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .apply(&dialers(NAMESPACE, 8083, 0))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    // The agent leaves the node; what it programmed stays.
+    cluster
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "ds",
+            "netpol-agent",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"nodeSelector":{"netpol.example/absent":"true"}}}}}"#,
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app=netpol-agent",
+            "--timeout=120s",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .kubectl(&["-n", NAMESPACE, "scale", "deploy/dialer", "--replicas=3"])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    std::thread::sleep(std::time::Duration::from_secs(15));
+    let running = cluster
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "name",
+        ])
+        .unwrap_or_default();
+    eprintln!(
+        "agent away 15 s: running dialers: {:?}; connections from pods: {:?}",
+        running.trim(),
+        pod_sources(&server)
+    );
+    assert!(
+        pod_sources(&server).is_empty(),
+        "a pod started open while the agent was away"
+    );
+    assert!(
+        running.trim().is_empty(),
+        "a pod started while no agent could enforce it: {running}"
+    );
+
+    // The agent returns: the pods start, and their policy holds.
+    cluster
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "ds",
+            "netpol-agent",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#,
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .wait_agent_rollout()
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "rollout",
+            "status",
+            "deploy/dialer",
+            "--timeout=300s",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        pod_sources(&server).is_empty(),
+        "denied connections got through after the agent returned"
+    );
+    cluster
+        .apply(&allow_registry(NAMESPACE, 8083))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert!(
+        eventually(|| pod_sources(&server).len() == 3),
+        "the allowed pods did not connect: {:?}",
+        pod_sources(&server)
+    );
 }

@@ -17,7 +17,10 @@ use agent_common::{
     policy::{DIR_EGRESS, DIR_INGRESS, PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PREFIX_FULL, PolicyKey},
 };
 use aya::programs::{TestRun, TestRunOptions};
-use netpol_agent::backend::ebpf::{Datapath, MapSizes, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK};
+use netpol_agent::backend::ebpf::{
+    Datapath, MapSizes, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK, PROG_UNKNOWN_FROM_POD,
+    PROG_UNKNOWN_TO_POD,
+};
 use netpol_tests::{
     packet::{
         Fragment, Ipv6Ext, PacketSpec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, arp_request,
@@ -934,5 +937,41 @@ fn peers_are_classed_by_the_trie_of_the_endpoints_generation() {
     assert_eq!(
         harness.send_to_pod(&tcp(PEER_WEB, POD_A, 40004, 81, TCP_SYN)),
         DROP
+    );
+}
+
+/// The safety net: a pod interface the agent knows no pod of yet is closed both ways, even for
+/// addresses that are endpoints elsewhere, with its own drop reason; neighbour discovery
+/// passes so that the link comes up.
+#[test]
+fn an_unknown_pod_interface_is_closed_both_ways() {
+    if !require_root("an_unknown_pod_interface_is_closed_both_ways") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    let from_pod = syn(POD_A, ELSEWHERE, 80).build();
+    assert_eq!(
+        harness.run(PROG_UNKNOWN_FROM_POD, &from_pod, Origin::Node),
+        DROP
+    );
+    assert_eq!(harness.drops(DropReason::UnknownPod, DIR_EGRESS), 1);
+    let to_pod = syn(ELSEWHERE, POD_A, 80).build();
+    assert_eq!(
+        harness.run(PROG_UNKNOWN_TO_POD, &to_pod, Origin::Node),
+        DROP
+    );
+    assert_eq!(harness.drops(DropReason::UnknownPod, DIR_INGRESS), 1);
+    let solicitation = PacketSpec::new(
+        ip("::"),
+        ip("ff02::1:ff00:10"),
+        Transport::Icmp {
+            kind: 135,
+            code: 0,
+            id: 0,
+        },
+    );
+    assert_eq!(
+        harness.run(PROG_UNKNOWN_FROM_POD, &solicitation.build(), Origin::Node),
+        PASS
     );
 }

@@ -26,13 +26,16 @@ pub enum DropReason {
     /// The endpoint's policy could not be written completely (a map full, a failed write):
     /// the agent denies its traffic until the write succeeds.
     NotProgrammed = 7,
+    /// Traffic of a pod interface the agent knows no pod of yet (created while the agent was
+    /// down, or its CNI plugin out of the chain): isolated, not open, until the agent knows it.
+    UnknownPod = 8,
 }
 
 impl DropReason {
     /// One past the largest reason code: the number of rows per direction.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every reason, in code order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Policy,
         Self::Malformed,
         Self::Spoofed,
@@ -40,6 +43,7 @@ impl DropReason {
         Self::NoConfig,
         Self::NoEndpoint,
         Self::NotProgrammed,
+        Self::UnknownPod,
     ];
 
     /// Index of the (reason, direction) counter in `NP_DROPS`.
@@ -58,6 +62,7 @@ impl DropReason {
             Self::NoConfig => "no_config",
             Self::NoEndpoint => "no_endpoint",
             Self::NotProgrammed => "not_programmed",
+            Self::UnknownPod => "unknown_pod",
         }
     }
 }

@@ -70,6 +70,22 @@ mod programs {
         finish(&ctx, try_to_uplink(&ctx))
     }
 
+    /// tc ingress of a pod interface the agent knows no pod of yet: everything the pod sends
+    /// is dropped (IPv6 neighbour discovery aside) until the agent attaches
+    /// `netpol_from_pod` in its place. A pod created while the agent is down is isolated, not
+    /// open.
+    #[classifier]
+    pub fn netpol_unknown_from_pod(ctx: TcContext) -> i32 {
+        finish(&ctx, try_unknown_pod(&ctx, DIR_EGRESS))
+    }
+
+    /// tc egress of a pod interface the agent knows no pod of yet: everything sent to the
+    /// pod is dropped, as above.
+    #[classifier]
+    pub fn netpol_unknown_to_pod(ctx: TcContext) -> i32 {
+        finish(&ctx, try_unknown_pod(&ctx, DIR_INGRESS))
+    }
+
     /// Returns at once: the floor `cargo xtask bench datapath` measures the others against
     /// (what a test run costs with no work at all). Never attached.
     #[classifier]
@@ -143,6 +159,26 @@ mod programs {
         }
         let src = lookup_endpoint(&packet.src);
         decide(ctx, config, &packet, src, dst, Hook::ToPod)
+    }
+
+    #[inline(always)]
+    fn try_unknown_pod(ctx: &TcContext, direction: u8) -> Verdict {
+        let Some(config) = load_config() else {
+            return Verdict::drop(DropReason::NoConfig, direction, false);
+        };
+        if config.flags & CONFIG_ENFORCEMENT_OFF != 0 {
+            return Verdict::PASS;
+        }
+        let packet = match parse(ctx) {
+            Ok(Some(packet)) => packet,
+            // Not IP (ARP): nothing policy judges.
+            Ok(None) => return Verdict::PASS,
+            Err(reason) => return Verdict::drop(reason, direction, false),
+        };
+        if link_scoped_icmpv6(&packet, &packet.src) || link_scoped_icmpv6(&packet, &packet.dst) {
+            return Verdict::PASS;
+        }
+        Verdict::drop(DropReason::UnknownPod, direction, false)
     }
 
     #[inline(always)]

@@ -241,7 +241,13 @@ fn measure(
     }
     let mut updated = state.clone();
     updated.apply(&deltas[0]);
-    let before = render::render(&state, &[], true, &render::PodSources::new());
+    let before = render::render(
+        &state,
+        &[],
+        true,
+        &render::PodSources::new(),
+        &Default::default(),
+    );
     let ipt_render = median(
         (0..UPDATE_RUNS)
             .map(|_| {
@@ -251,6 +257,7 @@ fn measure(
                     &[],
                     true,
                     &render::PodSources::new(),
+                    &Default::default(),
                 ));
                 start.elapsed()
             })
@@ -258,7 +265,13 @@ fn measure(
     );
     let (ipt_update_rules, ipt_update_entries) = rewritten(
         &before,
-        &render::render(&updated, &[], true, &render::PodSources::new()),
+        &render::render(
+            &updated,
+            &[],
+            true,
+            &render::PodSources::new(),
+            &Default::default(),
+        ),
     );
     let pods = PodInterfaces::new();
 

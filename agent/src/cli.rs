@@ -50,6 +50,19 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Remove every program, filter, link and pinned map the agent installed.
     Cleanup(CleanupArgs),
+    /// Copy the chained CNI plugin into the runtime's CNI binary directory (the DaemonSet's
+    /// install step).
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstallCniArgs {
+    /// The runtime's CNI binary directory (as the DaemonSet mounts it).
+    #[arg(long)]
+    pub bin_dir: PathBuf,
+    /// The plugin binary to install.
+    #[arg(long, default_value = "/usr/local/bin/netpol-cni")]
+    pub plugin: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +101,16 @@ pub struct RunArgs {
     /// the default routes.
     #[arg(long = "uplink", env = "UPLINKS", value_delimiter = ',')]
     pub uplinks: Vec<String>,
+    /// Name prefixes of the host side of pods' links (repeatable, or comma-separated; `cali`
+    /// for Terway and Calico, `veth` for the ptp plugin): such an interface that no known pod
+    /// routes through is closed, all its traffic dropped (reason `unknown_pod`), until the
+    /// agent knows its pod. Empty: off.
+    #[arg(
+        long = "pod-interface-prefix",
+        env = "POD_INTERFACE_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub pod_interface_prefixes: Vec<String>,
     /// bpffs directory for pinned maps and links.
     #[arg(long, default_value = agent_common::PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -98,6 +121,15 @@ pub struct RunArgs {
     /// with the last state known meanwhile).
     #[arg(long, default_value_t = 60)]
     pub stale_after_seconds: u64,
+    /// Serve the chained CNI plugin on this Unix socket: a pod's sandbox then starts only once
+    /// its policies are enforced. Empty: off.
+    #[arg(long, env = "CNI_SOCKET")]
+    pub cni_socket: Option<PathBuf>,
+    /// Keep the plugin in the chain of the active CNI configuration in this directory
+    /// (appended once the agent is ready, appended again whenever the file is rewritten
+    /// without it). Needs --cni-socket. Empty: the chain is left alone.
+    #[arg(long, env = "CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
     /// Pretend the kernel is this version when choosing the backend (tests).
     #[arg(long, hide = true)]
     pub assume_kernel: Option<String>,
@@ -133,6 +165,13 @@ pub struct CleanupArgs {
     /// bpffs directory for pinned maps and links.
     #[arg(long, default_value = agent_common::PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Remove the chained CNI plugin from the active configuration in this directory (first,
+    /// so that no new pod waits for an agent that is gone).
+    #[arg(long, env = "CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Remove the plugin binary from this directory.
+    #[arg(long)]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +203,14 @@ pub struct RunConfig {
     pub assume_kernel: Option<KernelVersion>,
     pub stale_after: std::time::Duration,
     pub map_growth_limit: u32,
+    pub cni_socket: Option<PathBuf>,
+    pub cni_conf_dir: Option<PathBuf>,
+    pub pod_interface_prefixes: Vec<String>,
+}
+
+/// An empty path from the environment (an empty ConfigMap key) means "not set".
+fn non_empty(path: Option<PathBuf>) -> Option<PathBuf> {
+    path.filter(|path| !path.as_os_str().is_empty())
 }
 
 impl RunArgs {
@@ -215,6 +262,13 @@ impl RunArgs {
             conntrack: max_connections,
             ..MapSizes::default()
         };
+        let cni_socket = non_empty(self.cni_socket);
+        let cni_conf_dir = non_empty(self.cni_conf_dir);
+        if cni_conf_dir.is_some() && cni_socket.is_none() {
+            bail!(
+                "--cni-conf-dir (or CNI_CONF_DIR) needs --cni-socket (or CNI_SOCKET): the plugin asks the agent there"
+            );
+        }
         let attach_mode = if self.legacy_tc {
             AttachMode::Netlink
         } else {
@@ -239,6 +293,14 @@ impl RunArgs {
             assume_kernel,
             stale_after: std::time::Duration::from_secs(self.stale_after_seconds),
             map_growth_limit,
+            cni_socket,
+            cni_conf_dir,
+            pod_interface_prefixes: self
+                .pod_interface_prefixes
+                .iter()
+                .map(|prefix| prefix.trim().to_owned())
+                .filter(|prefix| !prefix.is_empty())
+                .collect(),
         })
     }
 }
@@ -403,6 +465,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 ObjectKind::Service,
             ]),
             stale_after: config.stale_after,
+            pod_interface_prefixes: config.pod_interface_prefixes.clone(),
         },
         backend,
         Arc::clone(&metrics),
@@ -412,7 +475,23 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .pin_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(agent_common::PIN_DIR));
-    let runtime = runtime.with_handover(handover(backend_choice, pin_dir));
+    let mut runtime = runtime.with_handover(handover(backend_choice, pin_dir));
+    let mut cni_tasks = Vec::new();
+    if let Some(socket) = config.cni_socket.clone() {
+        let (calls_tx, calls_rx) = mpsc::channel(256);
+        runtime = runtime.with_cni(calls_rx);
+        cni_tasks.push((
+            "the CNI plugin socket",
+            tokio::spawn(crate::cni::serve(socket.clone(), calls_tx)),
+        ));
+        if let Some(conf_dir) = config.cni_conf_dir.clone() {
+            let metrics = Arc::clone(&metrics);
+            cni_tasks.push((
+                "the CNI chain installer",
+                tokio::spawn(keep_chain(conf_dir, socket, metrics)),
+            ));
+        }
+    }
     let runtime = tokio::spawn(async move {
         runtime.run(events_rx, interfaces_rx, shutdown_rx).await;
         Ok(())
@@ -425,6 +504,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         ("the HTTP endpoint", server),
     ];
     tasks.extend(scrape_server.map(|server| ("the scrape endpoint", server)));
+    tasks.extend(cni_tasks);
     let death = supervise(wait_for_signal(), &mut tasks).await;
     let _ = shutdown_tx.send(true);
     if let Some(reason) = death {
@@ -439,6 +519,42 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let (_, runtime) = tasks.swap_remove(0);
     let _ = runtime.await;
     drop(event_thread);
+    Ok(())
+}
+
+/// Keeps the plugin in the node's CNI chain once the agent is ready to answer it: before that,
+/// every new pod's ADD would wait for an agent that cannot confirm anything yet.
+async fn keep_chain(conf_dir: PathBuf, socket: PathBuf, metrics: Arc<Metrics>) -> Result<()> {
+    while !metrics.is_ready() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut installer = crate::cni::ChainInstaller::new(conf_dir, socket);
+    let mut failing = false;
+    loop {
+        match installer.check() {
+            Ok(()) => {
+                metrics.set_cni_chained(true);
+                failing = false;
+            }
+            Err(error) => {
+                metrics.set_cni_chained(false);
+                if !failing {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "the CNI chain does not include the netpol-cni plugin; retrying"
+                    );
+                }
+                failing = true;
+            }
+        }
+        tokio::time::sleep(crate::cni::CHAIN_CHECK_INTERVAL).await;
+    }
+}
+
+/// `netpol-agent install-cni`: the DaemonSet's install step.
+pub fn install_cni(args: InstallCniArgs) -> Result<()> {
+    let installed = crate::cni::install_plugin(&args.plugin, &args.bin_dir)?;
+    tracing::info!(plugin = %installed.display(), "installed the CNI plugin");
     Ok(())
 }
 
@@ -515,6 +631,27 @@ async fn wait_for_signal() {
 /// `netpol-agent cleanup`: detaches our programs from every interface and removes the pins,
 /// our iptables chains and our ipsets.
 pub fn cleanup(args: CleanupArgs) -> Result<()> {
+    // The chain first: a pod created from here on must not wait for an agent that is gone.
+    if let Some(conf_dir) = &args.cni_conf_dir {
+        match crate::cni::remove_from_chain(conf_dir) {
+            Ok(Some(file)) => {
+                tracing::info!(config = %file.display(), "removed the netpol-cni plugin from the CNI chain")
+            }
+            Ok(None) => {}
+            Err(error) => bail!(
+                "removing the netpol-cni plugin from the CNI chain in {} failed: {error:#}",
+                conf_dir.display()
+            ),
+        }
+    }
+    if let Some(bin_dir) = &args.cni_bin_dir {
+        let plugin = bin_dir.join(netpol_cni::PLUGIN_TYPE);
+        match std::fs::remove_file(&plugin) {
+            Ok(()) => tracing::info!(plugin = %plugin.display(), "removed the CNI plugin"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => bail!("removing {} failed: {error}", plugin.display()),
+        }
+    }
     let mut failures = remove_ebpf_state(&args.pin_dir)?;
     if let Err(error) = remove_iptables_state() {
         tracing::warn!(

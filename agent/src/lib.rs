@@ -8,10 +8,12 @@
 //! - [`discovery`]: local pods' host interfaces and the uplinks, over netlink.
 //! - [`runtime`]: the reconcile path from source events to backend writes.
 //! - [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`cni`]: the chained CNI plugin's socket and its entry in the node's CNI configuration.
 //! - [`cli`]: the `netpol-agent` command line.
 
 pub mod backend;
 pub mod cli;
+pub mod cni;
 pub mod discovery;
 pub mod metrics;
 pub mod model;

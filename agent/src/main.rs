@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
                 .and_then(|runtime| runtime.block_on(cli::run(config)))
         }),
         Command::Cleanup(args) => cli::cleanup(args),
+        Command::InstallCni(args) => cli::install_cni(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -36,6 +36,30 @@ struct Histogram {
     sum: f64,
 }
 
+impl Histogram {
+    fn observe(&mut self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
 /// Everything `/metrics` shows that the runtime knows (the datapath's counters come from the
 /// backend at scrape time).
 #[derive(Debug, Default)]
@@ -63,6 +87,9 @@ struct Inner {
     switch_off_by_odd_value: u64,
     programming_errors: BTreeMap<&'static str, u64>,
     latency: Histogram,
+    cni_requests: BTreeMap<&'static str, u64>,
+    cni_add: Histogram,
+    cni_chained: Option<bool>,
     counters: Counters,
     usage: Vec<MapUsage>,
     rule_names: BTreeMap<u32, RuleLabels>,
@@ -203,17 +230,22 @@ impl Metrics {
     }
 
     pub fn observe_latency(&self, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        self.with(|inner| {
-            let histogram = &mut inner.latency;
-            for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
-                }
-            }
-            histogram.count += 1;
-            histogram.sum += seconds;
-        });
+        self.with(|inner| inner.latency.observe(latency));
+    }
+
+    /// A request of the CNI plugin (`add`, `del`, `check`, `add_timeout`).
+    pub fn count_cni_request(&self, what: &'static str) {
+        self.with(|inner| *inner.cni_requests.entry(what).or_default() += 1);
+    }
+
+    /// From a CNI ADD reaching the agent to its pod enforced (the pod start it costs).
+    pub fn observe_cni_add(&self, latency: Duration) {
+        self.with(|inner| inner.cni_add.observe(latency));
+    }
+
+    /// Whether the node's CNI chain includes the plugin (`None`: not managed).
+    pub fn set_cni_chained(&self, chained: bool) {
+        self.with(|inner| inner.cni_chained = Some(chained));
     }
 
     /// The datapath's counters and map usage, as last read by the runtime.
@@ -321,16 +353,24 @@ impl Metrics {
             counter(&mut out, "netpol_events_lost_total", "Events the datapath could not deliver (buffer full).");
             let _ = writeln!(out, "netpol_events_lost_total {}", self.events_lost.load(Ordering::Relaxed));
 
-            let histogram = &inner.latency;
-            let name = "netpol_change_to_programmed_seconds";
-            let _ = writeln!(out, "# HELP {name} From an object change reaching the agent to the datapath programmed.");
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(histogram.buckets) {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+            inner.latency.render(
+                &mut out,
+                "netpol_change_to_programmed_seconds",
+                "From an object change reaching the agent to the datapath programmed.",
+            );
+            counter(&mut out, "netpol_cni_requests_total", "Requests of the chained CNI plugin, by operation (add_timeout: an ADD whose pod was not enforced in time).");
+            for (what, count) in &inner.cni_requests {
+                let _ = writeln!(out, "netpol_cni_requests_total{{operation=\"{what}\"}} {count}");
             }
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
-            let _ = writeln!(out, "{name}_sum {}", histogram.sum);
-            let _ = writeln!(out, "{name}_count {}", histogram.count);
+            inner.cni_add.render(
+                &mut out,
+                "netpol_cni_add_to_enforced_seconds",
+                "From a CNI ADD reaching the agent to its pod enforced: what holding a pod's start costs.",
+            );
+            if let Some(chained) = inner.cni_chained {
+                gauge(&mut out, "netpol_cni_chained", "1 while the node's CNI configuration includes the netpol-cni plugin.");
+                let _ = writeln!(out, "netpol_cni_chained {}", u8::from(chained));
+            }
         });
         out
     }

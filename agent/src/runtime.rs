@@ -23,8 +23,11 @@ use agent_common::{addr::Addr, endpoint::Endpoint};
 use k8s_openapi::api::core::v1::ConfigMap;
 use tokio::sync::{mpsc, watch};
 
+use netpol_cni::{Operation, Response};
+
 use crate::{
     backend::{Backend, InterfaceRole, PodInterfaces},
+    cni::CniCall,
     discovery::{self, NodeInterfaces},
     metrics::{Metrics, NotEnforced, RuleLabels},
     model::{self, Change, ObjectRef, Snapshot, convert},
@@ -54,6 +57,9 @@ pub struct RuntimeConfig {
     pub service_ranges: Vec<(IpAddr, u8)>,
     /// The kinds whose first list must complete before anything is programmed.
     pub kinds: BTreeSet<ObjectKind>,
+    /// Name prefixes of pod interfaces: one that no known pod routes through is closed (all
+    /// its traffic dropped) until the agent knows its pod. Empty: off.
+    pub pod_interface_prefixes: Vec<String>,
     /// How long a kind's watch may fail before the agent stops calling itself ready: what it
     /// enforces may no longer be what the cluster says.
     pub stale_after: Duration,
@@ -105,7 +111,27 @@ pub struct Runtime<B: Backend> {
     failing_sources: BTreeMap<ObjectKind, (Instant, String)>,
     /// The Service ranges and addresses the backend holds (`None` until written).
     service_ranges: Option<Vec<(Addr, u8)>>,
+    /// Requests of the chained CNI plugin (`cni.rs`), when it is installed.
+    cni_calls: Option<mpsc::Receiver<CniCall>>,
+    /// Sandboxes the CNI plugin announced: the freshest word on which pod holds an address.
+    claims: BTreeMap<ObjectRef, Claim>,
+    /// Each claimed address's pod.
+    claimed: BTreeMap<IpAddr, ObjectRef>,
+    /// ADD requests waiting for their pod to be enforced, with their arrival.
+    waiting: Vec<(CniCall, Instant)>,
 }
+
+/// A pod sandbox as the CNI plugin described it on ADD.
+#[derive(Clone, Debug)]
+struct Claim {
+    uid: Option<String>,
+    container_id: String,
+    addresses: Vec<IpAddr>,
+}
+
+/// How long an ADD may wait for its pod to be enforced; the plugin gives up a little later and
+/// fails the ADD, which kubelet retries.
+const CNI_ANSWER_WITHIN: Duration = Duration::from_secs(8);
 
 impl<B: Backend> Runtime<B> {
     pub fn new(config: RuntimeConfig, backend: B, metrics: Arc<Metrics>) -> Self {
@@ -137,7 +163,17 @@ impl<B: Backend> Runtime<B> {
             pins_swept: false,
             failing_sources: BTreeMap::new(),
             service_ranges: None,
+            cni_calls: None,
+            claims: BTreeMap::new(),
+            claimed: BTreeMap::new(),
+            waiting: Vec::new(),
         }
+    }
+
+    /// Answers the chained CNI plugin's requests arriving on `calls`.
+    pub fn with_cni(mut self, calls: mpsc::Receiver<CniCall>) -> Self {
+        self.cni_calls = Some(calls);
+        self
     }
 
     /// Runs `handover` once the node first holds the desired state.
@@ -164,6 +200,7 @@ impl<B: Backend> Runtime<B> {
     ) -> Self {
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cni_calls = self.cni_calls.take();
         loop {
             let retry_at = self.retry_at;
             let retry = async move {
@@ -172,9 +209,43 @@ impl<B: Backend> Runtime<B> {
                     None => std::future::pending().await,
                 }
             };
+            let next_deadline = self
+                .waiting
+                .iter()
+                .map(|(_, arrived)| *arrived + CNI_ANSWER_WITHIN)
+                .min();
+            let cni_deadline = async move {
+                match next_deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let cni_call = async {
+                match cni_calls.as_mut() {
+                    Some(calls) => calls.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = retry => {
                     self.reconcile();
+                    self.answer_cni();
+                }
+                call = cni_call => {
+                    match call {
+                        Some(call) => {
+                            self.handle_cni(call);
+                            // The pod's sandbox and route exist now: program it, attach its
+                            // interface, and answer if that made it enforced.
+                            self.reconcile();
+                            self.reconcile_interfaces();
+                            self.answer_cni();
+                        }
+                        None => cni_calls = None,
+                    }
+                }
+                () = cni_deadline => {
+                    self.answer_cni();
                 }
                 event = events.recv() => {
                     let Some(event) = event else { break };
@@ -192,10 +263,12 @@ impl<B: Backend> Runtime<B> {
                         }
                     }
                     self.reconcile();
+                    self.answer_cni();
                 }
                 changed = interfaces_changed.changed() => {
                     if changed.is_ok() {
                         self.reconcile_interfaces();
+                        self.answer_cni();
                     }
                 }
                 _ = resync.tick() => {
@@ -231,6 +304,10 @@ impl<B: Backend> Runtime<B> {
                 }
             }
             SourceEvent::Delete(id) => {
+                if id.kind == ObjectKind::Pod {
+                    self.drop_claim(&ObjectRef::new(&id.namespace, &id.name), None);
+                }
+                let objects = &mut self.objects;
                 if let Some(list) = objects.relisting.get_mut(&id.kind) {
                     list.remove(&id);
                 } else if objects.current.remove(&id).is_some() {
@@ -285,6 +362,200 @@ impl<B: Backend> Runtime<B> {
                 self.metrics.count_source_problem(reason);
             }
         }
+    }
+
+    /// Takes one request of the CNI plugin. ADD records the sandbox's claim on its addresses
+    /// (they are this pod's from now on, whatever older Pod objects still list) and waits for
+    /// the pod to be enforced; DEL drops the claim of that sandbox; CHECK answers at once.
+    fn handle_cni(&mut self, call: CniCall) {
+        let request = &call.request;
+        let pod = ObjectRef::new(&request.namespace, &request.name);
+        match request.operation {
+            Operation::Add => {
+                self.metrics.count_cni_request("add");
+                self.drop_claim(&pod, None);
+                for address in &request.addresses {
+                    if let Some(previous) = self.claimed.insert(*address, pod.clone())
+                        && previous != pod
+                    {
+                        // The address moved to a new pod: the old owner's claim loses it.
+                        if let Some(claim) = self.claims.get_mut(&previous) {
+                            claim.addresses.retain(|claimed| claimed != address);
+                        }
+                    }
+                }
+                self.claims.insert(
+                    pod.clone(),
+                    Claim {
+                        uid: request.uid.clone(),
+                        container_id: request.container_id.clone(),
+                        addresses: request.addresses.clone(),
+                    },
+                );
+                self.note_address_holders(&pod, &request.addresses);
+                self.waiting.push((call, Instant::now()));
+            }
+            Operation::Del => {
+                self.metrics.count_cni_request("del");
+                let container = request.container_id.clone();
+                self.drop_claim(&pod, Some(&container));
+                let _ = call.reply.send(Response {
+                    ok: true,
+                    message: String::new(),
+                });
+            }
+            Operation::Check => {
+                self.metrics.count_cni_request("check");
+                let addresses = request.addresses.clone();
+                let response = match self.pod_enforced(&pod, &addresses) {
+                    Ok(()) => Response {
+                        ok: true,
+                        message: String::new(),
+                    },
+                    Err(reason) => Response {
+                        ok: false,
+                        message: reason,
+                    },
+                };
+                let _ = call.reply.send(response);
+            }
+        }
+    }
+
+    /// Answers the ADDs whose pod is enforced now, and those past their deadline.
+    fn answer_cni(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (call, arrived) in std::mem::take(&mut self.waiting) {
+            let pod = ObjectRef::new(&call.request.namespace, &call.request.name);
+            match self.pod_enforced(&pod, &call.request.addresses) {
+                Ok(()) => {
+                    tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), "enforced before its first packet");
+                    self.metrics
+                        .observe_cni_add(now.saturating_duration_since(arrived));
+                    let _ = call.reply.send(Response {
+                        ok: true,
+                        message: String::new(),
+                    });
+                }
+                Err(reason) if now >= arrived + CNI_ANSWER_WITHIN => {
+                    tracing::warn!(
+                        pod = %format!("{}/{}", pod.namespace, pod.name),
+                        reason,
+                        "a pod sandbox could not be confirmed enforced in time; its ADD fails and kubelet retries"
+                    );
+                    self.metrics.count_cni_request("add_timeout");
+                    let _ = call.reply.send(Response {
+                        ok: false,
+                        message: format!("not enforced within {CNI_ANSWER_WITHIN:?}: {reason}"),
+                    });
+                }
+                Err(_) => self.waiting.push((call, arrived)),
+            }
+        }
+    }
+
+    /// Whether `pod` is enforced at every one of `addresses`: its object is known, and each
+    /// address is its endpoint, programmed, on an attached interface.
+    fn pod_enforced(&self, pod: &ObjectRef, addresses: &[IpAddr]) -> Result<(), String> {
+        let id = ObjectId {
+            kind: ObjectKind::Pod,
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        };
+        if !self.objects.current.contains_key(&id) {
+            return Err("the Pod object has not reached the agent yet".to_owned());
+        }
+        let Some(engine) = &self.engine else {
+            return Err("the agent has not converged its first state yet".to_owned());
+        };
+        if !self.in_sync {
+            return Err(
+                "the node does not hold the desired state (a write failed; retrying)".to_owned(),
+            );
+        }
+        if addresses.is_empty() {
+            return Err("the sandbox has no address".to_owned());
+        }
+        for address in addresses {
+            let addr = Addr::from(*address);
+            if !engine.state().endpoints.contains_key(&addr) {
+                return Err(format!(
+                    "{address} is no endpoint of this node (is the pod scheduled here?)"
+                ));
+            }
+            if self.not_programmed.contains(&addr) {
+                return Err(format!("{address} is not programmed (a write failed)"));
+            }
+            let attached = self.pod_interfaces.get(&addr).is_some_and(|index| {
+                self.interfaces
+                    .as_ref()
+                    .and_then(|interfaces| interfaces.link_by_index(*index))
+                    .is_some_and(|link| {
+                        self.attached
+                            .contains(&(link.name.clone(), InterfaceRole::Pod))
+                    })
+            });
+            if !attached {
+                return Err(format!(
+                    "no attached host interface routes to {address} yet"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `pod`'s claim (only the claim of `container`, when given).
+    fn drop_claim(&mut self, pod: &ObjectRef, container: Option<&str>) {
+        let Some(claim) = self.claims.get(pod) else {
+            return;
+        };
+        if container.is_some_and(|container| container != claim.container_id) {
+            return;
+        }
+        let addresses = claim.addresses.clone();
+        self.claims.remove(pod);
+        for address in &addresses {
+            if self.claimed.get(address) == Some(pod) {
+                self.claimed.remove(address);
+            }
+        }
+        self.note_address_holders(pod, &addresses);
+    }
+
+    /// Marks `pod`, and every pod whose object lists one of `addresses`, for conversion again.
+    fn note_address_holders(&mut self, pod: &ObjectRef, addresses: &[IpAddr]) {
+        let texts: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        let holders: Vec<ObjectId> = self
+            .objects
+            .current
+            .iter()
+            .filter(|(id, object)| {
+                id.kind == ObjectKind::Pod
+                    && ((id.namespace == pod.namespace && id.name == pod.name)
+                        || matches!(object, ClusterObject::Pod(other) if lists_any(other, &texts)))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in holders {
+            self.pending.note(id);
+        }
+    }
+
+    /// `pod` as its CNI claim has it: the sandbox's addresses, none that another pod's
+    /// sandbox claimed since.
+    fn with_claims(&self, mut pod: model::Pod, uid: Option<&str>) -> model::Pod {
+        let key = pod.key();
+        if let Some(claim) = self.claims.get(&key)
+            && (claim.uid.is_none() || uid.is_none() || claim.uid.as_deref() == uid)
+        {
+            pod.ips = claim.addresses.iter().copied().collect();
+        }
+        pod.ips
+            .retain(|ip| self.claimed.get(ip).is_none_or(|owner| *owner == key));
+        pod
     }
 
     fn all_listed(&self) -> bool {
@@ -627,7 +898,13 @@ impl<B: Backend> Runtime<B> {
             }
             ClusterObject::Pod(pod) => {
                 let converted = convert::pod(pod);
-                (converted.object.map(Change::ApplyPod), converted.rejections)
+                let uid = pod.metadata.uid.as_deref();
+                (
+                    converted
+                        .object
+                        .map(|pod| Change::ApplyPod(self.with_claims(pod, uid))),
+                    converted.rejections,
+                )
             }
             ClusterObject::NetworkPolicy(policy) => {
                 let converted = convert::network_policy(policy);
@@ -820,6 +1097,26 @@ impl<B: Backend> Runtime<B> {
         {
             wanted.insert((link.name.clone(), InterfaceRole::Uplink));
         }
+        // The safety net: a pod interface (by name) no known pod routes through is closed.
+        if self.engine.is_some() {
+            let unknown: Vec<String> = self
+                .interfaces
+                .iter()
+                .flat_map(|interfaces| interfaces.links())
+                .filter(|link| {
+                    self.config
+                        .pod_interface_prefixes
+                        .iter()
+                        .any(|prefix| link.name.starts_with(prefix.as_str()))
+                        && !wanted.contains(&(link.name.clone(), InterfaceRole::Pod))
+                        && !wanted.contains(&(link.name.clone(), InterfaceRole::Uplink))
+                })
+                .map(|link| link.name.clone())
+                .collect();
+            for name in unknown {
+                wanted.insert((name, InterfaceRole::UnknownPod));
+            }
+        }
         for (iface, role) in wanted.difference(&self.attached.clone()) {
             match self.backend.attach(iface, *role) {
                 Ok(()) => {
@@ -844,6 +1141,18 @@ impl<B: Backend> Runtime<B> {
             .cloned()
             .collect::<Vec<_>>()
         {
+            // A pod interface that changed role: attaching the new one replaced it.
+            let other = match role {
+                InterfaceRole::Pod => Some(InterfaceRole::UnknownPod),
+                InterfaceRole::UnknownPod => Some(InterfaceRole::Pod),
+                InterfaceRole::Uplink => None,
+            };
+            if let Some(other) = other
+                && self.attached.contains(&(iface.clone(), other))
+            {
+                self.attached.remove(&(iface, role));
+                continue;
+            }
             match self.backend.detach(&iface, role) {
                 Ok(()) => {
                     tracing::info!(iface, ?role, "detached");
@@ -940,6 +1249,18 @@ impl Pending {
     }
 }
 
+/// Whether a Pod object's status lists one of `addresses`.
+fn lists_any(pod: &k8s_openapi::api::core::v1::Pod, addresses: &[String]) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    status
+        .pod_ip
+        .iter()
+        .chain(status.pod_ips.iter().flatten().map(|ip| &ip.ip))
+        .any(|ip| addresses.contains(ip))
+}
+
 fn delete_change(id: &ObjectId) -> Option<Change> {
     match id.kind {
         ObjectKind::Namespace => Some(Change::DeleteNamespace(id.name.clone())),
@@ -985,6 +1306,7 @@ mod tests {
                 ObjectKind::NetworkPolicy,
             ]),
             stale_after: STALE_AFTER,
+            pod_interface_prefixes: Vec::new(),
         };
         Runtime::new(config, FakeBackend::default(), Metrics::new())
     }
@@ -1205,5 +1527,110 @@ mod tests {
             runtime.backend.service_ranges.is_empty(),
             "gone with the Service"
         );
+    }
+
+    fn cni_add(name: &str, ip: &str) -> (CniCall, tokio::sync::oneshot::Receiver<Response>) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call = CniCall {
+            request: netpol_cni::Request {
+                operation: Operation::Add,
+                namespace: "default".to_owned(),
+                name: name.to_owned(),
+                uid: None,
+                container_id: format!("sandbox-of-{name}"),
+                addresses: vec![ip.parse().expect("ip")],
+                host_interface: None,
+            },
+            reply,
+        };
+        (call, answer)
+    }
+
+    fn pod_without_address(name: &str) -> ClusterObject {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+            "status": {"phase": "Pending"},
+        }))
+        .expect("pod");
+        ClusterObject::Pod(Box::new(pod))
+    }
+
+    fn owner_of(runtime: &Runtime<FakeBackend>, ip: &str) -> Option<String> {
+        let ip: IpAddr = ip.parse().expect("ip");
+        runtime.engine().and_then(|engine| {
+            engine
+                .snapshot()
+                .pods
+                .values()
+                .find(|pod| pod.ips.contains(&ip))
+                .map(|pod| pod.name.clone())
+        })
+    }
+
+    /// The CNI plugin's ADD comes before status.podIP: the pod is programmed at the sandbox's
+    /// address at once. An address still listed by an older pod's object (terminating, or the
+    /// API not caught up) is the new pod's from its ADD on.
+    #[test]
+    fn a_cni_add_programs_the_pod_before_its_status_and_takes_a_reused_address() {
+        let mut runtime = runtime();
+        for event in initial_events(vec![pod("old", "10.244.1.10"), pod_without_address("new")]) {
+            runtime.handle(event);
+        }
+        runtime.reconcile();
+        assert_eq!(owner_of(&runtime, "10.244.1.10").as_deref(), Some("old"));
+
+        let (call, mut answer) = cni_add("new", "10.244.1.10");
+        runtime.handle_cni(call);
+        runtime.reconcile();
+        assert_eq!(
+            owner_of(&runtime, "10.244.1.10").as_deref(),
+            Some("new"),
+            "the sandbox's claim wins over the old object's status"
+        );
+        let addr = Addr::from("10.244.1.10".parse::<IpAddr>().expect("ip"));
+        assert!(
+            runtime
+                .engine()
+                .expect("engine")
+                .state()
+                .endpoints
+                .contains_key(&addr)
+        );
+        // No host interface routes to it in this test: the ADD waits, and is refused at its
+        // deadline rather than let the pod start unenforced.
+        runtime.answer_cni();
+        assert!(
+            answer.try_recv().is_err(),
+            "not answered while not enforced"
+        );
+        if let Some((_, arrived)) = runtime.waiting.first_mut() {
+            *arrived -= CNI_ANSWER_WITHIN;
+        }
+        runtime.answer_cni();
+        let response = answer.try_recv().expect("answered at the deadline");
+        assert!(!response.ok);
+        assert!(
+            response.message.contains("no attached host interface"),
+            "{}",
+            response.message
+        );
+
+        // DEL of that sandbox gives the address back to what the objects say.
+        let (reply, _) = tokio::sync::oneshot::channel();
+        runtime.handle_cni(CniCall {
+            request: netpol_cni::Request {
+                operation: Operation::Del,
+                namespace: "default".to_owned(),
+                name: "new".to_owned(),
+                uid: None,
+                container_id: "sandbox-of-new".to_owned(),
+                addresses: Vec::new(),
+                host_interface: None,
+            },
+            reply,
+        });
+        runtime.reconcile();
+        assert_eq!(owner_of(&runtime, "10.244.1.10").as_deref(), Some("old"));
     }
 }

@@ -301,15 +301,16 @@ impl RealCluster {
         Resolver::start(&self.ext, at)
     }
 
-    /// Deletes objects (`kind/name` in `namespace`), not waiting for their pods to go.
+    /// Deletes objects (`kind/name` in `namespace`) and waits until they are gone, so that
+    /// the next test can create objects of the same names.
     pub fn delete(&self, namespace: &str, objects: &[&str]) {
         let mut args = vec![
             "-n",
             namespace,
             "delete",
             "--ignore-not-found",
-            "--wait=false",
             "--grace-period=1",
+            "--timeout=120s",
         ];
         args.extend_from_slice(objects);
         if let Err(error) = self.kubectl(&args) {
@@ -445,6 +446,9 @@ pub struct NodeState {
     pub tc_programs: Vec<String>,
     pub chains: Vec<String>,
     pub sets: Vec<String>,
+    /// The CNI plugin in the node's chain, and its binary.
+    pub cni_plugin_chained: bool,
+    pub cni_plugin_binary: bool,
 }
 
 impl NodeState {
@@ -453,6 +457,8 @@ impl NodeState {
             && self.tc_programs.is_empty()
             && self.chains.is_empty()
             && self.sets.is_empty()
+            && !self.cni_plugin_chained
+            && !self.cni_plugin_binary
     }
 }
 
@@ -507,6 +513,8 @@ pub fn node_state() -> NodeState {
             state.sets.push(line.to_owned());
         }
     }
+    state.cni_plugin_chained = chain_has_plugin();
+    state.cni_plugin_binary = xtask::cluster::dir().join("cni/bin/netpol-cni").exists();
     state
 }
 
@@ -729,6 +737,101 @@ pub fn kill_agent_process() -> Result<()> {
         bail!("expected one agent process on the node, killed {killed}");
     }
     Ok(())
+}
+
+/// A TCP server in the ext namespace that accepts and closes, remembering every source
+/// address that reached it; stopped on drop.
+pub struct CountingServer {
+    stop: Arc<AtomicBool>,
+    sources: Arc<std::sync::Mutex<std::collections::BTreeMap<IpAddr, u64>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl CountingServer {
+    pub fn start(cluster: &RealCluster, at: &str, port: u16) -> Result<Self> {
+        let at: IpAddr = at.parse().context("a server address")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sources = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let path = format!("/run/netns/{}", cluster.ext.name());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let sources = Arc::clone(&sources);
+            thread::spawn(move || {
+                enter(&path);
+                let listener = match std::net::TcpListener::bind((at, port)) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error.to_string()));
+                        return;
+                    }
+                };
+                let _ = listener.set_nonblocking(true);
+                let _ = ready_tx.send(Ok(()));
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            drop(stream);
+                            if let Ok(mut sources) = sources.lock() {
+                                *sources.entry(peer.ip()).or_default() += 1;
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                sources,
+                thread: Some(thread),
+            }),
+            Ok(Err(error)) => bail!("the counting server could not bind {at}:{port}: {error}"),
+            Err(_) => bail!("the counting server did not start"),
+        }
+    }
+
+    /// Connections accepted so far, by source address.
+    pub fn sources(&self) -> std::collections::BTreeMap<IpAddr, u64> {
+        self.sources
+            .lock()
+            .map(|sources| sources.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The node's active CNI configuration (the first file of the cluster's conf dir).
+pub fn cni_config() -> Result<serde_json::Value> {
+    let dir = xtask::cluster::dir().join("cni/net.d");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "conflist"))
+        .collect();
+    files.sort();
+    let path = files.first().context("no conflist")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// Whether the node's CNI chain includes the agent's plugin.
+pub fn chain_has_plugin() -> bool {
+    cni_config().is_ok_and(|config| {
+        config["plugins"]
+            .as_array()
+            .is_some_and(|plugins| plugins.iter().any(|plugin| plugin["type"] == "netpol-cni"))
+    })
 }
 
 #[cfg(test)]

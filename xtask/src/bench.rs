@@ -30,6 +30,10 @@ enum Target {
     /// times for 100 to 10,000 policies (`agent/benches/iptables.rs`, figures in
     /// `docs/IPTABLES-BENCH.md`; needs root, runs in a network namespace of its own).
     Iptables,
+    /// Holding a pod's start until it is enforced: CNI ADD to return with the real plugin and
+    /// agent on a simulated node (`tests/benches/cni.rs`, figures in `docs/CNI-BENCH.md`;
+    /// needs root).
+    Cni,
 }
 
 impl Target {
@@ -39,6 +43,7 @@ impl Target {
             Self::Engine => ("netpol-agent", "engine"),
             Self::Datapath => ("netpol-agent", "datapath"),
             Self::Iptables => ("netpol-agent", "iptables"),
+            Self::Cni => ("netpol-tests", "cni"),
         }
     }
 }
@@ -46,6 +51,23 @@ impl Target {
 pub fn run(options: &Options) -> Result<()> {
     let object = build_ebpf::run(&build_ebpf::Options::default())?;
     let (package, bench) = options.target.bench();
+    if let Target::Cni = options.target {
+        // The bench runs the agent and the plugin binaries, which it does not build itself.
+        exec::run(
+            Command::new("cargo")
+                .current_dir(exec::workspace_root())
+                .env(EBPF_OBJECT_ENV, &object)
+                .args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "netpol-agent",
+                    "--bin",
+                    "netpol-agent",
+                ])
+                .args(["--package", "netpol-cni", "--bin", "netpol-cni"]),
+        )?;
+    }
     exec::run(
         Command::new("cargo")
             .current_dir(exec::workspace_root())

@@ -8,7 +8,8 @@
 //! `podman load` all read. Entries are sorted with zero mtimes, so the same files give the same
 //! image digest.
 //!
-//! The agent image holds the agent and everything it executes: `iptables`/`ip6tables` in both
+//! The agent image holds the agent, the chained CNI plugin the DaemonSet installs on the node
+//! (static), and everything the agent executes: `iptables`/`ip6tables` in both
 //! flavours with their `-save`/`-restore` forms and extension modules, and `ipset`. The same tree
 //! is written out as a directory for `deploy/Dockerfile` (`FROM scratch`), so users who build
 //! with Docker get the same content. The cluster's own images (pause, busybox, agnhost, the
@@ -55,6 +56,10 @@ const AGENT_TOOLS: &[&str] = &[
     "/usr/sbin/ip6tables-legacy-restore",
 ];
 
+/// The target the static CNI plugin is built for (a `--target` build keeps its flags apart
+/// from the rest of the workspace's).
+const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
 /// iptables loads its match and target modules from here at run time (`dlopen`).
 const XTABLES_MODULES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
@@ -90,10 +95,30 @@ pub fn build_agent_image(options: &Options) -> Result<PathBuf> {
             .current_dir(root)
             .env(EBPF_OBJECT_ENV, &object),
     )?;
+    // The CNI plugin runs on the node, not in the container: static, so that it runs on any
+    // node's libc.
+    exec::run(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "netpol-cni",
+                "--target",
+                HOST_TARGET,
+            ])
+            .current_dir(root)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )?;
+    let plugin = root
+        .join("target")
+        .join(HOST_TARGET)
+        .join("release/netpol-cni");
     let agent = root.join("target/release/netpol-agent");
     let image_dir = root.join("target/image");
     let mut rootfs = RootFs::new();
     rootfs.add_elf_as(&agent, Path::new("/usr/local/bin/netpol-agent"))?;
+    rootfs.add_elf_as(&plugin, Path::new("/usr/local/bin/netpol-cni"))?;
     for tool in AGENT_TOOLS {
         rootfs.add_elf(Path::new(tool))?;
     }

@@ -24,6 +24,9 @@ pub enum InterfaceRole {
     Pod,
     /// An uplink: local pods' egress after DNAT, at its tc egress.
     Uplink,
+    /// A pod interface (by its name) that no known pod's address routes to yet: all its
+    /// traffic is dropped until the agent knows the pod and attaches [`Self::Pod`] instead.
+    UnknownPod,
 }
 
 /// Host interface index of each local pod address the runtime found an interface for.

@@ -194,6 +194,8 @@ fn slim_metadata(metadata: ObjectMeta) -> ObjectMeta {
         name: metadata.name,
         namespace: metadata.namespace,
         labels: metadata.labels,
+        // Tells a pod from an earlier one of the same name (CNI claims).
+        uid: metadata.uid,
         ..ObjectMeta::default()
     }
 }

@@ -13,6 +13,9 @@ use super::{
     API_PORT, CNI_NETWORK, Layout, NODE_IP, NODE_NAME, PAUSE_IMAGE, POD_CIDR, SERVICE_CIDR,
 };
 
+/// Debian's `containernetworking-plugins`.
+const DEBIAN_CNI_PLUGINS: &str = "/usr/lib/cni";
+
 /// Who talks to the API server, each with a static token: `(name, user, groups)`. The node
 /// and the control plane get the identities the Node authorizer and the bootstrap RBAC roles
 /// expect.
@@ -172,7 +175,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
 "#,
         root = dir.join("root").display(),
@@ -180,12 +183,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         socket = layout.containerd_socket().display(),
         pause = PAUSE_IMAGE,
         cni_conf = layout.cni_conf_dir().display(),
+        cni_bin = layout.cni_bin_dir().display(),
     );
     write(&layout.containerd_config(), &text)
 }
 
 /// `ptp` + `host-local`: a /32 per pod and a routed host-side veth, the shape Terway gives.
+/// The plugins are Debian's (`/usr/lib/cni`), linked into a directory of the cluster's own,
+/// where the agent's DaemonSet installs its chained plugin as it does on any node.
 pub fn write_cni_config(layout: &Layout) -> Result<()> {
+    let bin = layout.cni_bin_dir();
+    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    for entry in
+        fs::read_dir(DEBIAN_CNI_PLUGINS).with_context(|| format!("reading {DEBIAN_CNI_PLUGINS}"))?
+    {
+        let plugin = entry
+            .with_context(|| format!("reading {DEBIAN_CNI_PLUGINS}"))?
+            .path();
+        if let Some(name) = plugin.file_name() {
+            std::os::unix::fs::symlink(&plugin, bin.join(name))
+                .with_context(|| format!("linking {} into {}", plugin.display(), bin.display()))?;
+        }
+    }
     let conflist = serde_json::json!({
         "cniVersion": "0.4.0",
         "name": CNI_NETWORK,

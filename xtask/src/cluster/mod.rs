@@ -146,6 +146,10 @@ impl Layout {
         self.dir.join("cni").join("net.d")
     }
 
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.join("cni").join("bin")
+    }
+
     /// `kubectl` for the cluster: runs inside its network namespace with the admin identity.
     pub fn kubectl_wrapper(&self) -> PathBuf {
         xtask::cluster::kubectl()

@@ -27,6 +27,8 @@ const HOST_PATHS: &[&str] = &[
     "/var/lib/kubelet",
     "/var/lib/cni",
     "/run/containerd",
+    // The agent's CNI socket directory (deploy/base/daemonset.yaml).
+    "/run/netpol",
 ];
 
 /// Cgroups kubelet (cgroupfs driver) and containerd create at the top of every hierarchy.

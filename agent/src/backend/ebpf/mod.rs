@@ -45,10 +45,20 @@ pub const PROG_FROM_POD: &str = "netpol_from_pod";
 pub const PROG_TO_POD: &str = "netpol_to_pod";
 /// Program for tc egress of an uplink (a pod's egress after DNAT).
 pub const PROG_TO_UPLINK: &str = "netpol_to_uplink";
+/// Programs for the hooks of a pod interface the agent knows no pod of yet: they drop.
+pub const PROG_UNKNOWN_FROM_POD: &str = "netpol_unknown_from_pod";
+pub const PROG_UNKNOWN_TO_POD: &str = "netpol_unknown_to_pod";
 /// The benchmark's baseline: a program that only returns (never attached).
 pub const PROG_FLOOR: &str = "netpol_floor";
 /// Every program in the object.
-pub const PROGRAMS: [&str; 4] = [PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK, PROG_FLOOR];
+pub const PROGRAMS: [&str; 6] = [
+    PROG_FROM_POD,
+    PROG_TO_POD,
+    PROG_TO_UPLINK,
+    PROG_UNKNOWN_FROM_POD,
+    PROG_UNKNOWN_TO_POD,
+    PROG_FLOOR,
+];
 
 /// Maps that keep state across agent restarts (and a datapath reloaded with larger maps) when
 /// pinned. The event array too: programs of a reloaded datapath then report to the reader
@@ -83,9 +93,20 @@ fn hooks(role: InterfaceRole) -> &'static [attach::Hook] {
         program: PROG_TO_UPLINK,
         attach_type: TcAttachType::Egress,
     }];
+    const UNKNOWN_POD: [attach::Hook; 2] = [
+        attach::Hook {
+            program: PROG_UNKNOWN_FROM_POD,
+            attach_type: TcAttachType::Ingress,
+        },
+        attach::Hook {
+            program: PROG_UNKNOWN_TO_POD,
+            attach_type: TcAttachType::Egress,
+        },
+    ];
     match role {
         InterfaceRole::Pod => &POD,
         InterfaceRole::Uplink => &UPLINK,
+        InterfaceRole::UnknownPod => &UNKNOWN_POD,
     }
 }
 
@@ -334,12 +355,28 @@ impl Datapath {
 
     /// Attaches the programs of `role` to `iface`, replacing ours if they are there already.
     /// They stay attached when this process exits.
+    /// A pod interface changes between [`InterfaceRole::Pod`] and
+    /// [`InterfaceRole::UnknownPod`] by attaching the new role: netlink filters are replaced in
+    /// place; tcx links of the other role are removed once the new ones run (in between both
+    /// run, and the unknown-pod program drops: closed, never open).
     pub fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), EbpfError> {
         let links_dir = self.links_dir();
         for hook in hooks(role) {
             let mode = self.attach_mode;
             let program = self.program(hook.program)?;
             attach::attach(program, iface, *hook, mode, &links_dir)?;
+        }
+        let replaced = match role {
+            InterfaceRole::Pod => Some(InterfaceRole::UnknownPod),
+            InterfaceRole::UnknownPod => Some(InterfaceRole::Pod),
+            InterfaceRole::Uplink => None,
+        };
+        if let Some(replaced) = replaced
+            && self.attach_mode == AttachMode::Tcx
+        {
+            for hook in hooks(replaced) {
+                attach::detach(iface, *hook, AttachMode::Tcx, &links_dir)?;
+            }
         }
         Ok(())
     }

@@ -68,6 +68,8 @@ pub struct IptablesBackend {
     carried: BTreeMap<String, Count>,
     /// Pod addresses and the interface index they route through, as last given.
     pod_addresses: PodInterfaces,
+    /// Pod interfaces no known pod routes through: closed.
+    unknown_pods: BTreeSet<String>,
 }
 
 impl IptablesBackend {
@@ -92,6 +94,7 @@ impl IptablesBackend {
             written: None,
             carried: BTreeMap::new(),
             pod_addresses: PodInterfaces::new(),
+            unknown_pods: BTreeSet::new(),
         })
     }
 
@@ -106,6 +109,7 @@ impl IptablesBackend {
             &self.service_ranges,
             self.enforce,
             &self.pod_sources(),
+            &self.unknown_pods,
         )
     }
 
@@ -368,13 +372,27 @@ impl Backend for IptablesBackend {
         Ok(())
     }
 
-    fn attach(&mut self, _iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
-        // Nothing to attach: the hooks are per node, and the spoofing check follows the pod
-        // interfaces every converge and delta is given.
+    fn attach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
+        // The hooks are per node, and the spoofing check follows the pod interfaces every
+        // converge and delta is given; only closing an unknown pod's interface, or opening it
+        // to its policies, is written here.
+        let changed = match role {
+            InterfaceRole::UnknownPod => self.unknown_pods.insert(iface.to_owned()),
+            InterfaceRole::Pod => self.unknown_pods.remove(iface),
+            InterfaceRole::Uplink => false,
+        };
+        if changed {
+            let full = self.written.is_none();
+            self.sync(full)?;
+        }
         Ok(())
     }
 
-    fn detach(&mut self, _iface: &str, _role: InterfaceRole) -> Result<(), BackendError> {
+    fn detach(&mut self, iface: &str, role: InterfaceRole) -> Result<(), BackendError> {
+        if role == InterfaceRole::UnknownPod && self.unknown_pods.remove(iface) {
+            let full = self.written.is_none();
+            self.sync(full)?;
+        }
         Ok(())
     }
 
@@ -413,6 +431,8 @@ impl Backend for IptablesBackend {
                 (DropReason::Malformed.name(), direction)
             } else if let Some(direction) = comment.strip_prefix("np-spoofed-") {
                 (DropReason::Spoofed.name(), direction)
+            } else if let Some(direction) = comment.strip_prefix("np-unknown-pod-") {
+                (DropReason::UnknownPod.name(), direction)
             } else {
                 continue;
             };

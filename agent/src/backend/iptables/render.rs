@@ -152,12 +152,14 @@ impl Ruleset {
 /// sends is forged.
 pub type PodSources = BTreeMap<String, Vec<Addr>>;
 
-/// Renders `state` for both families.
+/// Renders `state` for both families. `unknown_pods` are pod interfaces no known pod routes
+/// through: closed both ways.
 pub fn render(
     state: &NodeState,
     service_ranges: &[(Addr, u8)],
     enforce: bool,
     pod_sources: &PodSources,
+    unknown_pods: &BTreeSet<String>,
 ) -> Ruleset {
     let mut ruleset = Ruleset::default();
     for family in Family::BOTH {
@@ -175,6 +177,9 @@ pub fn render(
             let mut chains = render_table(state, family, table, &names, &ranges, enforce);
             if table == Table::Mangle {
                 add_spoofing_check(&mut chains, family, pod_sources);
+            }
+            if enforce && !unknown_pods.is_empty() {
+                add_unknown_pods(&mut chains, table, unknown_pods);
             }
             ruleset.chains.insert((family, table), chains);
         }
@@ -226,6 +231,44 @@ fn add_spoofing_check(chains: &mut Chains, family: Family, pod_sources: &PodSour
     top.insert(at, format!("-j {CHECK}"));
     chains.insert(CHECK.to_owned(), check);
     chains.insert(DROP.to_owned(), drop);
+}
+
+/// `NP-UNKNOWN-POD`, first in the table's top chain: everything from or to a pod interface the
+/// agent knows no pod of yet is dropped (reason `unknown_pod`), established connections
+/// included, as `netpol_unknown_pod` does. Mangle PREROUTING sees what the pod sends, filter
+/// FORWARD what is forwarded to it.
+fn add_unknown_pods(chains: &mut Chains, table: Table, unknown_pods: &BTreeSet<String>) {
+    const CHAIN: &str = "NP-UNKNOWN-POD";
+    let (rules, direction): (Vec<String>, &str) = match table {
+        Table::Mangle => (
+            unknown_pods
+                .iter()
+                .map(|iface| format!("-i {iface} -j {CHAIN}"))
+                .collect(),
+            "egress",
+        ),
+        Table::Filter => (
+            unknown_pods
+                .iter()
+                .map(|iface| format!("-o {iface} -j {CHAIN}"))
+                .collect(),
+            "ingress",
+        ),
+    };
+    let (_, entry) = table.hook();
+    let top = chains.entry(entry.to_owned()).or_default();
+    for (index, rule) in rules.into_iter().enumerate() {
+        top.insert(index, rule);
+    }
+    chains.insert(
+        CHAIN.to_owned(),
+        vec![
+            format!(
+                "{LOG_LIMIT} -j NFLOG --nflog-group {NFLOG_GROUP} --nflog-prefix np-unknown-pod-{direction}"
+            ),
+            format!("-m comment --comment np-unknown-pod-{direction} -j DROP"),
+        ],
+    );
 }
 
 /// The classes policy entries name (never [`CLASS_ANY`]), each with its set for `family`.
@@ -680,7 +723,13 @@ mod tests {
                 Addr::from("fd00::a".parse::<std::net::IpAddr>().expect("v6")),
             ],
         )]);
-        let ruleset = render(&state, &[(Addr::v4([10, 96, 0, 0]), 16)], true, &sources);
+        let ruleset = render(
+            &state,
+            &[(Addr::v4([10, 96, 0, 0]), 16)],
+            true,
+            &sources,
+            &BTreeSet::new(),
+        );
         let filter = &ruleset.chains[&(Family::V4, Table::Filter)];
         assert!(filter["NP-FORWARD"].contains(&"-d 10.244.1.10/32 -g NP-I-5".to_owned()));
         assert!(filter["NP-SERVICES"].contains(&"-s 10.244.1.10/32 -j NP-E-6".to_owned()));
@@ -716,5 +765,47 @@ mod tests {
             "-i cali1 -s fd00::a/128 -j RETURN"
         );
         assert!(mangle6["NP-SPOOFED"][0].starts_with("-s fe80::/10 -p ipv6-icmp"));
+    }
+
+    /// A pod interface no known pod routes through is closed both ways, first thing, with its
+    /// own counted reason; with enforcement off nothing is closed.
+    #[test]
+    fn unknown_pod_interfaces_are_closed_both_ways() {
+        let unknown = BTreeSet::from(["veth0badc0de".to_owned()]);
+        let ruleset = render(
+            &NodeState::default(),
+            &[],
+            true,
+            &PodSources::new(),
+            &unknown,
+        );
+        for family in Family::BOTH {
+            let mangle = &ruleset.chains[&(family, Table::Mangle)];
+            assert_eq!(
+                mangle["NP-PREROUTING"][0],
+                "-i veth0badc0de -j NP-UNKNOWN-POD"
+            );
+            assert_eq!(
+                mangle["NP-UNKNOWN-POD"].last().map(String::as_str),
+                Some("-m comment --comment np-unknown-pod-egress -j DROP")
+            );
+            let filter = &ruleset.chains[&(family, Table::Filter)];
+            assert_eq!(filter["NP-FORWARD"][0], "-o veth0badc0de -j NP-UNKNOWN-POD");
+            assert_eq!(
+                filter["NP-UNKNOWN-POD"].last().map(String::as_str),
+                Some("-m comment --comment np-unknown-pod-ingress -j DROP")
+            );
+        }
+        let off = render(
+            &NodeState::default(),
+            &[],
+            false,
+            &PodSources::new(),
+            &unknown,
+        );
+        assert!(
+            !off.chains[&(Family::V4, Table::Filter)].contains_key("NP-UNKNOWN-POD"),
+            "enforcement off closes nothing"
+        );
     }
 }
