@@ -265,14 +265,13 @@ fn a_pod_the_agent_does_not_know_is_closed_until_its_object_arrives() {
         !world.node.pods[1].netns.tcp_probe(ip("10.244.1.14"), 80),
         "nothing reaches an unknown pod"
     );
-    let metrics = agent.metrics(&world.node.node).expect("metrics");
-    assert!(
-        metric(
-            &metrics,
-            "netpol_denied_packets_total{reason=\"unknown_pod\""
-        ) > 0.0,
-        "counted as unknown_pod"
-    );
+    // Datapath counters reach /metrics with the next resync (5 s).
+    within(Duration::from_secs(12), || {
+        agent.metrics(&world.node.node).is_ok_and(|metrics| {
+            metric(&metrics, "netpol_denied_packets_total{reason=\"unknown_pod\"") > 0.0
+        })
+    })
+    .expect("counted as unknown_pod");
 
     let pod = "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: stranger\n  namespace: default\n  labels:\n    app: stranger\nspec:\n  nodeName: node-1\n  containers:\n  - name: main\n    image: busybox\nstatus:\n  phase: Running\n  podIP: 10.244.1.14\n  podIPs:\n  - ip: 10.244.1.14\n";
     objects.write("stranger.yaml", pod);

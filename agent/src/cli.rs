@@ -124,12 +124,12 @@ pub struct RunArgs {
     /// Serve the chained CNI plugin on this Unix socket: a pod's sandbox then starts only once
     /// its policies are enforced. Empty: off.
     #[arg(long, env = "CNI_SOCKET")]
-    pub cni_socket: Option<PathBuf>,
+    pub cni_socket: Option<String>,
     /// Keep the plugin in the chain of the active CNI configuration in this directory
     /// (appended once the agent is ready, appended again whenever the file is rewritten
     /// without it). Needs --cni-socket. Empty: the chain is left alone.
     #[arg(long, env = "CNI_CONF_DIR")]
-    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_conf_dir: Option<String>,
     /// Pretend the kernel is this version when choosing the backend (tests).
     #[arg(long, hide = true)]
     pub assume_kernel: Option<String>,
@@ -209,8 +209,10 @@ pub struct RunConfig {
 }
 
 /// An empty path from the environment (an empty ConfigMap key) means "not set".
-fn non_empty(path: Option<PathBuf>) -> Option<PathBuf> {
-    path.filter(|path| !path.as_os_str().is_empty())
+fn non_empty(path: Option<String>) -> Option<PathBuf> {
+    path.map(|path| path.trim().to_owned())
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
 }
 
 impl RunArgs {
@@ -802,8 +804,27 @@ mod tests {
         assert_eq!(config.service_ranges.len(), 1);
         assert_eq!(config.metrics_listen, None);
 
-        let config = run_config(&["--uplink", "", "--service-cidr", "", "--metrics-listen", ""])
-            .expect("valid");
+        let config = run_config(&[
+            "--uplink",
+            "",
+            "--service-cidr",
+            "",
+            "--metrics-listen",
+            "",
+            "--cni-socket",
+            "",
+            "--cni-conf-dir",
+            "",
+            "--pod-interface-prefix",
+            "",
+        ])
+        .expect("valid");
+        assert_eq!(config.cni_socket, None, "empty: no CNI plugin socket");
+        assert_eq!(config.cni_conf_dir, None, "empty: the chain is left alone");
+        assert!(
+            config.pod_interface_prefixes.is_empty(),
+            "empty: no safety net"
+        );
         assert_eq!(
             config.uplinks, None,
             "empty: the default routes' interfaces"

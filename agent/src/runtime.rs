@@ -237,6 +237,9 @@ impl<B: Backend> Runtime<B> {
                             self.handle_cni(call);
                             // The pod's sandbox and route exist now: program it, attach its
                             // interface, and answer if that made it enforced.
+                            if self.engine.is_some() {
+                                self.interfaces = self.discover();
+                            }
                             self.reconcile();
                             self.reconcile_interfaces();
                             self.answer_cni();
