@@ -268,7 +268,10 @@ fn a_pod_the_agent_does_not_know_is_closed_until_its_object_arrives() {
     // Datapath counters reach /metrics with the next resync (5 s).
     within(Duration::from_secs(12), || {
         agent.metrics(&world.node.node).is_ok_and(|metrics| {
-            metric(&metrics, "netpol_denied_packets_total{reason=\"unknown_pod\"") > 0.0
+            metric(
+                &metrics,
+                "netpol_denied_packets_total{reason=\"unknown_pod\"",
+            ) > 0.0
         })
     })
     .expect("counted as unknown_pod");

@@ -704,6 +704,7 @@ fn agent_replacement_without_a_gap() {
                 "networkpolicy/upgrade-server",
             ],
         );
+        cluster.delete("default", &["namespace/during-upgrade"]);
         let _ = cluster.kubectl(&[
             "-n",
             "kube-system",
@@ -775,8 +776,23 @@ spec:
     );
     std::thread::sleep(std::time::Duration::from_secs(3));
 
+    // Pods created while the agent is replaced: closed until the new agent enforces them.
+    let created_during =
+        netpol_tests::real_cluster::CountingServer::start(&cluster, REGISTRY, 8084)
+            .unwrap_or_else(|error| panic!("{error:#}"));
+    cluster
+        .apply(&dialers("during-upgrade", 8084, 0))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+
     let disruptions: [(&str, &dyn Fn()); 4] = [
         ("rolling update to a new image tag", &|| {
+            must(cluster.kubectl(&[
+                "-n",
+                "during-upgrade",
+                "scale",
+                "deploy/dialer",
+                "--replicas=3",
+            ]));
             must(cluster.kubectl(&[
                 "-n",
                 "kube-system",
@@ -873,7 +889,21 @@ spec:
             echoes_after > echoes_before,
             "{what}: the long-lived connection stalled"
         );
+        assert!(
+            netpol_tests::real_cluster::chain_has_plugin(),
+            "{what}: the CNI plugin left the node's chain"
+        );
     }
+    dialers_started(&cluster, "during-upgrade");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let leaked = pod_sources(&created_during);
+    eprintln!(
+        "pods created during the rolling update: connections through a deny-all egress policy: {leaked:?}"
+    );
+    assert!(
+        leaked.is_empty(),
+        "pods created during the upgrade got out: {leaked:?}"
+    );
 }
 
 /// A namespace whose pods may send nothing (default deny egress), and a Deployment of
@@ -937,6 +967,20 @@ spec:
     )
 }
 
+/// Waits until every dialer of `namespace` runs.
+fn dialers_started(cluster: &RealCluster, namespace: &str) {
+    cluster
+        .kubectl(&[
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            "deploy/dialer",
+            "--timeout=300s",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+}
+
 /// Sources from the pod range among what a server saw.
 fn pod_sources(
     server: &netpol_tests::real_cluster::CountingServer,
@@ -990,16 +1034,7 @@ fn first_packet(backend: Backend, port: u16) {
     cluster
         .apply(&dialers(&namespace, port, PODS))
         .unwrap_or_else(|error| panic!("{error:#}"));
-    cluster
-        .kubectl(&[
-            "-n",
-            &namespace,
-            "rollout",
-            "status",
-            "deploy/dialer",
-            "--timeout=300s",
-        ])
-        .unwrap_or_else(|error| panic!("{error:#}"));
+    dialers_started(&cluster, &namespace);
     // Every pod has been dialing for a while.
     std::thread::sleep(std::time::Duration::from_secs(5));
     let leaked = pod_sources(&server);
@@ -1149,16 +1184,7 @@ fn pods_created_while_the_agent_is_down_are_closed_until_it_returns() {
     cluster
         .wait_agent_rollout()
         .unwrap_or_else(|error| panic!("{error:#}"));
-    cluster
-        .kubectl(&[
-            "-n",
-            NAMESPACE,
-            "rollout",
-            "status",
-            "deploy/dialer",
-            "--timeout=300s",
-        ])
-        .unwrap_or_else(|error| panic!("{error:#}"));
+    dialers_started(&cluster, NAMESPACE);
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(
         pod_sources(&server).is_empty(),
