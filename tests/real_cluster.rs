@@ -9,7 +9,10 @@
 
 use netpol_tests::{
     real_cluster::{Backend, Cleanup, NODE_IP, RealCluster, eventually},
-    scenarios::{ACCESS_NGINX, ALLOW_PUBLIC_FOR_LABELS, DENY_PUBLIC_NET},
+    scenarios::{
+        ACCESS_NGINX, ALLOW_PUBLIC_FOR_LABELS, DENY_PUBLIC_NET, access_nginx_with_cidrs,
+        busybox_policy,
+    },
 };
 
 const BUSYBOX: &str = "busybox";
@@ -18,10 +21,12 @@ const AGNHOST: &str = "k8s.gcr.io/e2e-test-images/agnhost:2.21";
 const HTTP_GET: &str = "GET / HTTP/1.0\\r\\n\\r\\n";
 
 /// Hosts of "the internet" (the cluster's ext namespace).
-const REGISTRY: &str = "198.51.100.7";
+/// The one address `busybox_policy` allows.
+const REGISTRY: &str = netpol_tests::scenarios::REGISTRY;
 const OTHER_SITE: &str = "203.0.113.1";
 const RESOLVER: &str = "198.51.100.53";
-const ON_PREM_CLIENT: &str = "203.0.113.10";
+/// Inside the on-premises /24 that `access_nginx_with_cidrs` allows.
+const ON_PREM_CLIENT: &str = netpol_tests::scenarios::ON_PREM_CLIENT;
 const OTHER_CLIENT: &str = "198.51.100.20";
 const SLB_HEALTH_CHECK: &str = "100.64.0.5";
 const NODE_PORT: u16 = 30080;
@@ -322,45 +327,6 @@ spec:
   - port: 80
     targetPort: 80
     nodePort: {NODE_PORT}
-"#
-    )
-}
-
-/// The guide's access-nginx with its ipBlocks: the SLB health checks and the on-premises
-/// clients' /24.
-fn access_nginx_with_cidrs() -> String {
-    format!(
-        r#"{ACCESS_NGINX}    - ipBlock:
-        cidr: 100.64.0.0/10
-    - ipBlock:
-        cidr: {ON_PREM_CLIENT}/24
-"#
-    )
-}
-
-/// The guide's busybox-policy: one address, and UDP 53 anywhere.
-fn busybox_policy() -> String {
-    format!(
-        r#"kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata:
-  name: busybox-policy
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      run: busybox
-  egress:
-  - to:
-    - ipBlock:
-        cidr: {REGISTRY}/32
-  - to:
-    - ipBlock:
-        cidr: 0.0.0.0/0
-    - namespaceSelector: {{}}
-    ports:
-    - protocol: UDP
-      port: 53
 "#
     )
 }

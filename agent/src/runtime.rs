@@ -492,15 +492,10 @@ impl<B: Backend> Runtime<B> {
             if self.not_programmed.contains(&addr) {
                 return Err(format!("{address} is not programmed (a write failed)"));
             }
-            let attached = self.pod_interfaces.get(&addr).is_some_and(|index| {
-                self.interfaces
-                    .as_ref()
-                    .and_then(|interfaces| interfaces.link_by_index(*index))
-                    .is_some_and(|link| {
-                        self.attached
-                            .contains(&(link.name.clone(), InterfaceRole::Pod))
-                    })
-            });
+            let attached = self
+                .pod_interfaces
+                .get(&addr)
+                .is_some_and(|index| self.pod_programs_on(*index));
             if !attached {
                 return Err(format!(
                     "no attached host interface routes to {address} yet"
@@ -675,21 +670,24 @@ impl<B: Backend> Runtime<B> {
         self.not_programmed.extend(affected.into_keys());
     }
 
+    /// Whether the pod programs are attached to the interface with index `index`.
+    fn pod_programs_on(&self, index: u32) -> bool {
+        self.interfaces
+            .as_ref()
+            .and_then(|interfaces| interfaces.link_by_index(index))
+            .is_some_and(|link| {
+                self.attached
+                    .contains(&(link.name.clone(), InterfaceRole::Pod))
+            })
+    }
+
     /// Ready while the node holds the desired state and every selected local pod is enforced;
     /// the pods that are not are counted by reason.
     fn update_readiness(&self) {
         let mut not_enforced: BTreeMap<NotEnforced, u64> = BTreeMap::new();
         if let Some(engine) = &self.engine {
             for (addr, _) in engine.state().selected_endpoints() {
-                let attached = |index: &u32| {
-                    self.interfaces
-                        .as_ref()
-                        .and_then(|interfaces| interfaces.link_by_index(*index))
-                        .is_some_and(|link| {
-                            self.attached
-                                .contains(&(link.name.clone(), InterfaceRole::Pod))
-                        })
-                };
+                let attached = |index: &u32| self.pod_programs_on(*index);
                 let reason = if self.not_programmed.contains(addr) {
                     NotEnforced::NotProgrammed
                 } else {
