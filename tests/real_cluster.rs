@@ -671,14 +671,7 @@ fn agent_replacement_without_a_gap() {
             ],
         );
         cluster.delete("default", &["namespace/during-upgrade"]);
-        let _ = cluster.kubectl(&[
-            "-n",
-            "kube-system",
-            "set",
-            "image",
-            "ds/netpol-agent",
-            "agent=netpol-agent:latest",
-        ]);
+        let _ = cluster.set_agent_image("netpol-agent:latest");
     });
     let must = |result: anyhow::Result<String>| result.unwrap_or_else(|error| panic!("{error:#}"));
     // The same image under a second tag: the rollout replaces every pod, as a new version would.
@@ -759,27 +752,17 @@ spec:
                 "deploy/dialer",
                 "--replicas=3",
             ]));
-            must(cluster.kubectl(&[
-                "-n",
-                "kube-system",
-                "set",
-                "image",
-                "ds/netpol-agent",
-                "agent=netpol-agent:upgrade",
-            ]));
+            cluster
+                .set_agent_image("netpol-agent:upgrade")
+                .unwrap_or_else(|error| panic!("{error:#}"));
             cluster
                 .wait_agent_rollout()
                 .unwrap_or_else(|error| panic!("{error:#}"));
         }),
         ("rolling update back", &|| {
-            must(cluster.kubectl(&[
-                "-n",
-                "kube-system",
-                "set",
-                "image",
-                "ds/netpol-agent",
-                "agent=netpol-agent:latest",
-            ]));
+            cluster
+                .set_agent_image("netpol-agent:latest")
+                .unwrap_or_else(|error| panic!("{error:#}"));
             cluster
                 .wait_agent_rollout()
                 .unwrap_or_else(|error| panic!("{error:#}"));
@@ -1056,22 +1039,9 @@ fn pods_created_while_the_agent_is_down_are_closed_until_it_returns() {
     cluster
         .deploy_agent(Backend::Ebpf)
         .unwrap_or_else(|error| panic!("{error:#}"));
-    let restore_agent = || {
-        let cluster = RealCluster::connect().expect("cluster");
-        let _ = cluster.kubectl(&[
-            "-n",
-            "kube-system",
-            "patch",
-            "ds",
-            "netpol-agent",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#,
-        ]);
-    };
     let _cleanup = Cleanup(move || {
-        restore_agent();
         let cluster = RealCluster::connect().expect("cluster");
+        let _ = cluster.set_agent_away(false);
         let _ = cluster.wait_agent_rollout();
         cluster.delete("default", &[&format!("namespace/{NAMESPACE}")]);
     });
@@ -1082,16 +1052,7 @@ fn pods_created_while_the_agent_is_down_are_closed_until_it_returns() {
         .unwrap_or_else(|error| panic!("{error:#}"));
     // The agent leaves the node; what it programmed stays.
     cluster
-        .kubectl(&[
-            "-n",
-            "kube-system",
-            "patch",
-            "ds",
-            "netpol-agent",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"template":{"spec":{"nodeSelector":{"netpol.example/absent":"true"}}}}}"#,
-        ])
+        .set_agent_away(true)
         .unwrap_or_else(|error| panic!("{error:#}"));
     cluster
         .kubectl(&[
@@ -1136,16 +1097,7 @@ fn pods_created_while_the_agent_is_down_are_closed_until_it_returns() {
 
     // The agent returns: the pods start, and their policy holds.
     cluster
-        .kubectl(&[
-            "-n",
-            "kube-system",
-            "patch",
-            "ds",
-            "netpol-agent",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"template":{"spec":{"nodeSelector":null}}}}"#,
-        ])
+        .set_agent_away(false)
         .unwrap_or_else(|error| panic!("{error:#}"));
     cluster
         .wait_agent_rollout()

@@ -237,11 +237,12 @@ impl<B: Backend> Runtime<B> {
                             self.handle_cni(call);
                             // The pod's sandbox and route exist now: program it, attach its
                             // interface, and answer if that made it enforced.
+                            // One discovery serves both (a full converge discovers on its own).
                             if self.engine.is_some() {
                                 self.interfaces = self.discover();
                             }
                             self.reconcile();
-                            self.reconcile_interfaces();
+                            self.follow_interfaces();
                             self.answer_cni();
                         }
                         None => cni_calls = None,
@@ -1040,6 +1041,15 @@ impl<B: Backend> Runtime<B> {
             return;
         }
         self.interfaces = self.discover();
+        self.follow_interfaces();
+    }
+
+    /// Updates endpoints whose interface index moved, and the attachments, from the interfaces
+    /// last discovered.
+    fn follow_interfaces(&mut self) {
+        if self.engine.is_none() {
+            return;
+        }
         let before = self.pod_interfaces.clone();
         self.refresh_pod_interfaces();
         if before != self.pod_interfaces

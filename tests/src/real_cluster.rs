@@ -80,14 +80,7 @@ impl RealCluster {
             .args(args)
             .output()
             .with_context(|| format!("running kubectl {}", args.join(" ")))?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        kubectl_stdout(args, &output)
     }
 
     /// `kubectl ARGS` with `input` on stdin (`apply -f -`).
@@ -106,14 +99,40 @@ impl RealCluster {
             .write_all(input.as_bytes())
             .context("writing to kubectl")?;
         let output = child.wait_with_output().context("waiting for kubectl")?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        kubectl_stdout(args, &output)
+    }
+
+    /// Points the agent's DaemonSet at image `reference` (a rolling update when it changes).
+    pub fn set_agent_image(&self, reference: &str) -> Result<()> {
+        self.kubectl(&[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "ds/netpol-agent",
+            &format!("agent={reference}"),
+        ])
+        .map(drop)
+    }
+
+    /// Keeps the agent off the node (`away`: its DaemonSet selects no node) or lets it back.
+    pub fn set_agent_away(&self, away: bool) -> Result<()> {
+        let selector = if away {
+            r#"{"netpol.example/absent":"true"}"#
+        } else {
+            "null"
+        };
+        self.kubectl(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "ds",
+            "netpol-agent",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"template":{{"spec":{{"nodeSelector":{selector}}}}}}}}}"#),
+        ])
+        .map(drop)
     }
 
     /// `kubectl apply -f -` of one or more documents.
@@ -317,6 +336,18 @@ impl RealCluster {
             eprintln!("cleanup: {error:#}");
         }
     }
+}
+
+/// A kubectl run's stdout, or an error with its stderr.
+fn kubectl_stdout(args: &[&str], output: &std::process::Output) -> Result<String> {
+    if !output.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The path of an overlay under `deploy/overlays/`.
