@@ -80,6 +80,8 @@ pub mod cluster {
         "203.0.113.10",
         "100.64.0.5",
     ];
+    /// The pod network's name in the CNI configuration (and host-local's lease directory).
+    pub const CNI_NETWORK: &str = "netpol-cluster";
     /// Overrides the cluster directory (default `/var/lib/netpol-cluster`).
     pub const DIR_ENV: &str = "NETPOL_CLUSTER_DIR";
     /// Tells the cluster tests where the Kubernetes binaries are (`e2e.test`, `ginkgo`);

@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{exec, image, kube};
 
-pub use xtask::cluster::{EXT_HOSTS, EXT_NETNS, NETNS, NODE_IP, NODE_NAME};
+pub use xtask::cluster::{CNI_NETWORK, EXT_HOSTS, EXT_NETNS, NETNS, NODE_IP, NODE_NAME};
 
 /// The "internet" side of the node's link, in the ext namespace: the node's default gateway.
 pub const EXT_IP: &str = "10.250.0.2";
@@ -42,7 +42,6 @@ pub const API_PORT: u16 = 6443;
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
-pub const CNI_NETWORK: &str = "netpol-cluster";
 /// The sandbox image kubelet 1.20 and containerd ask for by default.
 pub const PAUSE_IMAGE: &str = "k8s.gcr.io/pause:3.2";
 
