@@ -27,7 +27,7 @@ use crate::{
         },
     },
     discovery,
-    metrics::{self, Metrics},
+    metrics::Metrics,
     model::Cidr,
     runtime::{Runtime, RuntimeConfig},
     source::{self, ObjectKind},
@@ -53,6 +53,17 @@ pub enum Command {
     /// Copy the chained CNI plugin into the runtime's CNI binary directory (the DaemonSet's
     /// install step).
     InstallCni(InstallCniArgs),
+    /// The agent's state on this node: backend, sync, endpoints, maps, rejections.
+    Status(crate::debug::Target),
+    /// Every local pod: addresses, interface, isolation and the policies causing it.
+    Endpoints(crate::debug::Target),
+    /// Why a new connection is allowed or denied on this node: the engine's answer and the
+    /// datapath's (the maps read back from the kernel), compared.
+    Explain(crate::debug::ExplainArgs),
+    /// The datapath's maps, translated to pods, policies and selectors.
+    Maps(crate::debug::MapsArgs),
+    /// Drop and audit events as they happen, with pod and policy names.
+    Monitor(crate::debug::MonitorArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +141,10 @@ pub struct RunArgs {
     /// without it). Needs --cni-socket. Empty: the chain is left alone.
     #[arg(long, env = "CNI_CONF_DIR")]
     pub cni_conf_dir: Option<String>,
+    /// Serve the debug API (`netpol-agent status`, `explain`, ...) on this Unix socket, and
+    /// keep the names of the datapath's ids beside it for when the agent is down. Empty: off.
+    #[arg(long, env = "API_SOCKET", default_value = crate::debug::DEFAULT_SOCKET)]
+    pub api_socket: String,
     /// Pretend the kernel is this version when choosing the backend (tests).
     #[arg(long, hide = true)]
     pub assume_kernel: Option<String>,
@@ -206,6 +221,7 @@ pub struct RunConfig {
     pub cni_socket: Option<PathBuf>,
     pub cni_conf_dir: Option<PathBuf>,
     pub pod_interface_prefixes: Vec<String>,
+    pub api_socket: Option<PathBuf>,
 }
 
 /// An empty path from the environment (an empty ConfigMap key) means "not set".
@@ -297,6 +313,7 @@ impl RunArgs {
             map_growth_limit,
             cni_socket,
             cni_conf_dir,
+            api_socket: non_empty(Some(self.api_socket)),
             pod_interface_prefixes: self
                 .pod_interface_prefixes
                 .iter()
@@ -367,19 +384,25 @@ pub fn choose_backend(
 /// `netpol-agent run`.
 pub async fn run(config: RunConfig) -> Result<()> {
     let metrics = Metrics::new();
+    let mut event_hub = None;
     let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
     let event_thread: Option<EventThread>;
     tracing::info!(backend = ?backend, reason, "backend chosen");
     let backend_choice = backend;
+    let mut attach_mode = None;
     let backend: Box<dyn crate::backend::Backend + Send> = match backend {
         BackendChoice::Ebpf | BackendChoice::Auto => {
             ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
             let mut datapath =
                 Datapath::load_with(&config.load).context("loading the eBPF datapath")?;
+            attach_mode = Some(format!("{:?}", datapath.attach_mode()).to_lowercase());
             let events = datapath
                 .event_reader()
                 .context("opening the drop-event buffers")?
-                .spawn(Arc::clone(&metrics))
+                .spawn(crate::monitor::EventFanout {
+                    metrics: Arc::clone(&metrics),
+                    hub: Arc::clone(event_hub.insert(crate::monitor::EventHub::new())),
+                })
                 .context("starting the drop-event reader")?;
             event_thread = Some(events);
             Box::new(
@@ -397,6 +420,21 @@ pub async fn run(config: RunConfig) -> Result<()> {
         }
     };
 
+    let agent_info = crate::http::AgentInfo {
+        node: config.node_name.clone(),
+        backend_reason: reason.clone(),
+        kernel: config
+            .assume_kernel
+            .map(Ok)
+            .unwrap_or_else(KernelVersion::current)
+            .map(|kernel| kernel.to_string())
+            .unwrap_or_else(|error| format!("unknown ({error})")),
+        attach_mode,
+        source: match &config.source {
+            SourceChoice::ObjectsDir(dir) => format!("objects-dir {}", dir.display()),
+            SourceChoice::Kube(_) => "api-server".to_owned(),
+        },
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(1024);
     let source = match config.source.clone() {
@@ -439,17 +477,16 @@ pub async fn run(config: RunConfig) -> Result<()> {
         }
     });
 
+    let stop = |mut shutdown: watch::Receiver<bool>| async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
     let serve_on = |listen: SocketAddr| {
-        let metrics = Arc::clone(&metrics);
-        let mut shutdown = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            };
-            metrics::serve(listen, metrics, stop)
-                .await
-                .with_context(|| format!("serving on {listen}"))
-        })
+        let router = crate::http::probes(Arc::clone(&metrics));
+        tokio::spawn(crate::http::serve_tcp(
+            listen,
+            router,
+            stop(shutdown_rx.clone()),
+        ))
     };
     let server = serve_on(config.listen);
     let scrape_server = config.metrics_listen.map(serve_on);
@@ -468,6 +505,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             ]),
             stale_after: config.stale_after,
             pod_interface_prefixes: config.pod_interface_prefixes.clone(),
+            names_file: config.api_socket.as_deref().map(crate::debug::names_file),
         },
         backend,
         Arc::clone(&metrics),
@@ -494,6 +532,18 @@ pub async fn run(config: RunConfig) -> Result<()> {
             ));
         }
     }
+    let mut api_tasks = Vec::new();
+    if let Some(socket) = config.api_socket.clone() {
+        let (queries_tx, queries_rx) = mpsc::channel(16);
+        runtime = runtime.with_queries(queries_rx);
+        let router =
+            crate::http::debug_api(Arc::clone(&metrics), agent_info, queries_tx, event_hub);
+        let stop = stop(shutdown_rx.clone());
+        api_tasks.push((
+            "the debug API",
+            tokio::spawn(async move { crate::http::serve_unix(&socket, router, stop).await }),
+        ));
+    }
     let runtime = tokio::spawn(async move {
         runtime.run(events_rx, interfaces_rx, shutdown_rx).await;
         Ok(())
@@ -507,6 +557,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     ];
     tasks.extend(scrape_server.map(|server| ("the scrape endpoint", server)));
     tasks.extend(cni_tasks);
+    tasks.extend(api_tasks);
     let death = supervise(wait_for_signal(), &mut tasks).await;
     let _ = shutdown_tx.send(true);
     if let Some(reason) = death {

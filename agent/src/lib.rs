@@ -14,9 +14,12 @@
 pub mod backend;
 pub mod cli;
 pub mod cni;
+pub mod debug;
 pub mod discovery;
+pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod policy;
 pub mod runtime;
 pub mod source;

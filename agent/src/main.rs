@@ -2,7 +2,10 @@
 //! dispatches and prints the error chain once.
 
 use clap::Parser as _;
-use netpol_agent::cli::{self, Cli, Command};
+use netpol_agent::{
+    cli::{self, Cli, Command},
+    debug,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -23,12 +26,37 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Cleanup(args) => cli::cleanup(args),
         Command::InstallCni(args) => cli::install_cni(args),
+        Command::Status(target) => debug_answer(debug::status(&target)),
+        Command::Endpoints(target) => debug_answer(debug::endpoints(&target)),
+        Command::Explain(args) => debug_answer(debug::explain(&args)),
+        Command::Monitor(args) => debug_answer(debug::monitor(&args)),
+        Command::Maps(args) => match args.action {
+            debug::MapsAction::Dump {
+                map,
+                numeric,
+                target,
+            } => debug_answer(debug::dump(map, numeric, &target)),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if error.is::<Unhealthy>() => std::process::ExitCode::from(1),
         Err(error) => {
             eprintln!("netpol-agent: {error:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// A debug command answered, and its answer is bad news (agent down, drift): exit 1, the
+/// output said why.
+#[derive(Debug, thiserror::Error)]
+#[error("unhealthy")]
+struct Unhealthy;
+
+fn debug_answer(answer: anyhow::Result<debug::Healthy>) -> anyhow::Result<()> {
+    match answer? {
+        true => Ok(()),
+        false => Err(Unhealthy.into()),
     }
 }

@@ -1,5 +1,5 @@
-//! What the agent reports on `/metrics` (Prometheus text format), and the HTTP endpoints
-//! `/healthz`, `/readyz` and `/metrics`.
+//! What the agent reports on `/metrics` (Prometheus text format) and in `netpol-agent status`
+//! (served by `http.rs`).
 //!
 //! The runtime updates [`Metrics`]; the datapath's counters are read from the backend when
 //! scraped, so they are as fresh as the kernel's.
@@ -7,21 +7,16 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
-};
-
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
+    time::{Duration, Instant},
 };
 
 use crate::{
     backend::{Counters, MapUsage},
+    debug::report::{EndpointCounts, FailingWatch, MapStatus, Rejection, StatusReport},
     source::ObjectKind,
 };
 
@@ -69,6 +64,7 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     events_lost: AtomicU64,
     events_seen: AtomicU64,
+    monitor_lost: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +76,8 @@ struct Inner {
     endpoints: u64,
     endpoints_without_interface: u64,
     endpoints_not_enforced: BTreeMap<NotEnforced, u64>,
-    sources_failing: BTreeMap<ObjectKind, Duration>,
+    endpoints_selected: u64,
+    sources_failing: BTreeMap<ObjectKind, (Duration, String)>,
     service_ranges: u64,
     dead: Option<String>,
     not_ready_reason: String,
@@ -93,7 +90,14 @@ struct Inner {
     counters: Counters,
     usage: Vec<MapUsage>,
     rule_names: BTreeMap<u32, RuleLabels>,
+    last_full_sync: Option<Instant>,
+    last_programmed: Option<Instant>,
+    /// The objects refused now, by (kind, object), with the first reason.
+    rejected: BTreeMap<(&'static str, String), String>,
 }
+
+/// At most this many refused objects are listed by `status` (all are counted).
+const REJECTED_LISTED: usize = 256;
 
 /// Why a selected local pod is not enforced as its policies say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,8 +148,11 @@ impl Metrics {
     }
 
     /// Selected local pods that are not enforced as their policies say, by reason.
-    pub fn set_endpoints_not_enforced(&self, counts: BTreeMap<NotEnforced, u64>) {
-        self.with(|inner| inner.endpoints_not_enforced = counts);
+    pub fn set_endpoints_not_enforced(&self, selected: u64, counts: BTreeMap<NotEnforced, u64>) {
+        self.with(|inner| {
+            inner.endpoints_selected = selected;
+            inner.endpoints_not_enforced = counts;
+        });
     }
 
     /// Service ranges and addresses whose egress is judged after DNAT.
@@ -153,8 +160,8 @@ impl Metrics {
         self.with(|inner| inner.service_ranges = count);
     }
 
-    /// Kinds whose watch is failing, and for how long.
-    pub fn set_sources_failing(&self, failing: BTreeMap<ObjectKind, Duration>) {
+    /// Kinds whose watch is failing, for how long, and the last error.
+    pub fn set_sources_failing(&self, failing: BTreeMap<ObjectKind, (Duration, String)>) {
         self.with(|inner| inner.sources_failing = failing);
     }
 
@@ -214,6 +221,97 @@ impl Metrics {
         });
     }
 
+    /// An object (or part of one) refused now; listed by `status` until it converts cleanly
+    /// or goes.
+    pub fn note_rejected(&self, kind: &'static str, object: &str, reason: &str) {
+        self.with(|inner| {
+            let key = (kind, object.to_owned());
+            if inner.rejected.len() < REJECTED_LISTED || inner.rejected.contains_key(&key) {
+                inner
+                    .rejected
+                    .entry(key)
+                    .or_insert_with(|| reason.to_owned());
+            }
+        });
+    }
+
+    /// The object converts cleanly now, or is gone.
+    pub fn clear_rejected(&self, kind: &'static str, object: &str) {
+        self.with(|inner| {
+            inner.rejected.remove(&(kind, object.to_owned()));
+        });
+    }
+
+    /// The node converged the whole state.
+    pub fn note_full_sync(&self) {
+        self.with(|inner| inner.last_full_sync = Some(Instant::now()));
+    }
+
+    /// The node holds the desired state after a change.
+    pub fn note_programmed(&self) {
+        self.with(|inner| inner.last_programmed = Some(Instant::now()));
+    }
+
+    /// The parts of `netpol-agent status` the runtime reports here.
+    pub fn fill_status(&self, report: &mut StatusReport) {
+        report.ready = self.is_ready();
+        report.enforcement = self.is_enforcing();
+        self.with(|inner| {
+            report.backend = inner.backend.to_owned();
+            if !report.ready {
+                report.not_ready_reason = Some(inner.not_ready_reason.clone());
+            }
+            report.failing_watches = inner
+                .sources_failing
+                .iter()
+                .map(|(kind, (failing, error))| FailingWatch {
+                    kind: kind.name().to_owned(),
+                    seconds: failing.as_secs(),
+                    error: error.clone(),
+                })
+                .collect();
+            report.seconds_since_full_sync =
+                inner.last_full_sync.map(|at| at.elapsed().as_secs_f64());
+            report.seconds_since_change_programmed =
+                inner.last_programmed.map(|at| at.elapsed().as_secs_f64());
+            let not_enforced: u64 = inner.endpoints_not_enforced.values().sum();
+            let selected = inner.endpoints_selected;
+            report.endpoints = EndpointCounts {
+                local: inner.endpoints,
+                enforced: selected.saturating_sub(not_enforced),
+                not_enforced: inner
+                    .endpoints_not_enforced
+                    .iter()
+                    .map(|(reason, count)| (reason.name().to_owned(), *count))
+                    .collect(),
+            };
+            report.maps = inner
+                .usage
+                .iter()
+                .map(|usage| MapStatus {
+                    name: usage.name.to_owned(),
+                    entries: usage.entries,
+                    capacity: usage.capacity,
+                })
+                .collect();
+            report.rejected_objects = inner
+                .rejected
+                .iter()
+                .map(|((kind, object), reason)| Rejection {
+                    kind: (*kind).to_owned(),
+                    object: object.clone(),
+                    reason: reason.clone(),
+                })
+                .collect();
+            report.programming_errors = inner
+                .programming_errors
+                .iter()
+                .map(|(what, count)| ((*what).to_owned(), *count))
+                .collect();
+            report.cni_chained = inner.cni_chained;
+        });
+    }
+
     pub fn count_source_problem(&self, reason: &'static str) {
         self.with(|inner| *inner.source_problems.entry(reason).or_default() += 1);
     }
@@ -260,6 +358,11 @@ impl Metrics {
         self.with(|inner| inner.rule_names = names);
     }
 
+    /// Events a slow `monitor` subscriber missed.
+    pub fn count_monitor_lost(&self, missed: u64) {
+        self.monitor_lost.fetch_add(missed, Ordering::Relaxed);
+    }
+
     pub fn count_events(&self, seen: u64, lost: u64) {
         self.events_seen.fetch_add(seen, Ordering::Relaxed);
         self.events_lost.fetch_add(lost, Ordering::Relaxed);
@@ -299,7 +402,7 @@ impl Metrics {
                 let _ = writeln!(out, "netpol_programming_errors_total{{operation=\"{what}\"}} {count}");
             }
             gauge(&mut out, "netpol_source_failing_seconds", "How long the watch of a kind has been failing (kinds whose watch works are absent).");
-            for (kind, failing) in &inner.sources_failing {
+            for (kind, (failing, _)) in &inner.sources_failing {
                 let _ = writeln!(out, "netpol_source_failing_seconds{{kind=\"{}\"}} {}", kind.name(), failing.as_secs());
             }
             gauge(&mut out, "netpol_service_ranges", "Service ranges (flags) and Service addresses (learned) whose egress is judged after DNAT.");
@@ -352,6 +455,8 @@ impl Metrics {
             let _ = writeln!(out, "netpol_events_total {}", self.events_seen.load(Ordering::Relaxed));
             counter(&mut out, "netpol_events_lost_total", "Events the datapath could not deliver (buffer full).");
             let _ = writeln!(out, "netpol_events_lost_total {}", self.events_lost.load(Ordering::Relaxed));
+            counter(&mut out, "netpol_monitor_events_lost_total", "Events `netpol-agent monitor` subscribers missed because they read too slowly.");
+            let _ = writeln!(out, "netpol_monitor_events_lost_total {}", self.monitor_lost.load(Ordering::Relaxed));
 
             inner.latency.render(
                 &mut out,
@@ -407,75 +512,6 @@ fn reason_class(reason: &str) -> String {
         }
     }
     bounded
-}
-
-impl crate::backend::ebpf::EventSink for Arc<Metrics> {
-    fn count(&self, seen: u64, lost: u64) {
-        self.count_events(seen, lost);
-    }
-}
-
-/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (mut stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let Some(head) = read_head(&mut stream).await else {
-                return;
-            };
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let dead = metrics.dead_reason();
-            let (status, body) = match (path, dead) {
-                ("/healthz", Some(reason)) => {
-                    ("503 Service Unavailable", format!("dead: {reason}\n"))
-                }
-                ("/healthz", None) => ("200 OK", "ok\n".to_owned()),
-                ("/readyz", _) if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
-                ("/readyz", _) => (
-                    "503 Service Unavailable",
-                    format!("not ready: {}\n", metrics.not_ready_reason()),
-                ),
-                ("/metrics", _) => ("200 OK", metrics.render()),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
-/// The request head (up to the blank line), read within 5 s and 4 KiB; `None` otherwise.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 4096 {
-            let length = stream.read(&mut buf).await.ok()?;
-            if length == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..length]);
-        }
-        Some(())
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .ok()??;
-    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 #[cfg(test)]

@@ -21,17 +21,18 @@ use std::{
 
 use agent_common::{addr::Addr, endpoint::Endpoint};
 use k8s_openapi::api::core::v1::ConfigMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use netpol_cni::{Operation, Response};
 
 use crate::{
     backend::{Backend, InterfaceRole, PodInterfaces},
     cni::CniCall,
+    debug::report::{EndpointReport, Isolation, Reference, ReferenceSide},
     discovery::{self, NodeInterfaces},
     metrics::{Metrics, NotEnforced, RuleLabels},
     model::{self, Change, ObjectRef, Snapshot, convert},
-    policy::{Delta, Direction, Engine},
+    policy::{Delta, Direction, Engine, Flow, Names, Side, evaluate},
     source::{
         ClusterObject, ENI_CONFIG_NAME, ENI_CONFIG_NAMESPACE, ObjectId, ObjectKind, SourceEvent,
         disable_network_policy_value, enforcement_enabled, plainly_disables, service_addresses,
@@ -63,6 +64,18 @@ pub struct RuntimeConfig {
     /// How long a kind's watch may fail before the agent stops calling itself ready: what it
     /// enforces may no longer be what the cluster says.
     pub stale_after: Duration,
+    /// Where the names of the compiled state are kept for the debug CLI while the agent is
+    /// down (rewritten at most every resync when they changed). `None`: not kept.
+    pub names_file: Option<std::path::PathBuf>,
+}
+
+/// A question of the debug API (`http.rs`), answered from the runtime's state.
+#[derive(Debug)]
+pub enum Query {
+    Endpoints(oneshot::Sender<Vec<EndpointReport>>),
+    Names(oneshot::Sender<Names>),
+    /// The engine's reference answer for a flow (`None` before the first sync).
+    Explain(Flow, oneshot::Sender<Option<Reference>>),
 }
 
 /// The cluster objects as the sources last described them.
@@ -119,6 +132,10 @@ pub struct Runtime<B: Backend> {
     claimed: BTreeMap<IpAddr, ObjectRef>,
     /// ADD requests waiting for their pod to be enforced, with their arrival.
     waiting: Vec<(CniCall, Instant)>,
+    /// Questions of the debug API.
+    queries: Option<mpsc::Receiver<Query>>,
+    /// The names changed since `names_file` was last written.
+    names_dirty: bool,
 }
 
 /// A pod sandbox as the CNI plugin described it on ADD.
@@ -167,7 +184,15 @@ impl<B: Backend> Runtime<B> {
             claims: BTreeMap::new(),
             claimed: BTreeMap::new(),
             waiting: Vec::new(),
+            queries: None,
+            names_dirty: false,
         }
+    }
+
+    /// Answers the debug API's questions arriving on `queries`.
+    pub fn with_queries(mut self, queries: mpsc::Receiver<Query>) -> Self {
+        self.queries = Some(queries);
+        self
     }
 
     /// Answers the chained CNI plugin's requests arriving on `calls`.
@@ -201,6 +226,7 @@ impl<B: Backend> Runtime<B> {
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cni_calls = self.cni_calls.take();
+        let mut queries = self.queries.take();
         loop {
             let retry_at = self.retry_at;
             let retry = async move {
@@ -223,6 +249,12 @@ impl<B: Backend> Runtime<B> {
             let cni_call = async {
                 match cni_calls.as_mut() {
                     Some(calls) => calls.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let query = async {
+                match queries.as_mut() {
+                    Some(queries) => queries.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -251,6 +283,12 @@ impl<B: Backend> Runtime<B> {
                 () = cni_deadline => {
                     self.answer_cni();
                 }
+                query = query => {
+                    match query {
+                        Some(query) => self.answer_query(query),
+                        None => queries = None,
+                    }
+                }
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.handle(event);
@@ -278,6 +316,7 @@ impl<B: Backend> Runtime<B> {
                 _ = resync.tick() => {
                     self.reconcile_interfaces();
                     self.publish_datapath();
+                    self.write_names();
                     // Sources go stale with time alone.
                     self.update_readiness();
                 }
@@ -597,7 +636,9 @@ impl<B: Backend> Runtime<B> {
             }
             self.reconcile_attachments();
         }
+        self.names_dirty = true;
         if self.in_sync {
+            self.metrics.note_programmed();
             if let Some(since) = since {
                 self.metrics.observe_latency(since.elapsed());
             }
@@ -686,8 +727,10 @@ impl<B: Backend> Runtime<B> {
     /// the pods that are not are counted by reason.
     fn update_readiness(&self) {
         let mut not_enforced: BTreeMap<NotEnforced, u64> = BTreeMap::new();
+        let mut selected = 0;
         if let Some(engine) = &self.engine {
             for (addr, _) in engine.state().selected_endpoints() {
+                selected += 1;
                 let attached = |index: &u32| self.pod_programs_on(*index);
                 let reason = if self.not_programmed.contains(addr) {
                     NotEnforced::NotProgrammed
@@ -701,10 +744,10 @@ impl<B: Backend> Runtime<B> {
                 *not_enforced.entry(reason).or_default() += 1;
             }
         }
-        let failing: BTreeMap<ObjectKind, Duration> = self
+        let failing: BTreeMap<ObjectKind, (Duration, String)> = self
             .failing_sources
             .iter()
-            .map(|(kind, (since, _))| (*kind, since.elapsed()))
+            .map(|(kind, (since, error))| (*kind, (since.elapsed(), error.clone())))
             .collect();
         let stale = self
             .failing_sources
@@ -749,7 +792,8 @@ impl<B: Backend> Runtime<B> {
                 Err(reason) => tracing::warn!(reason, "not ready"),
             }
         }
-        self.metrics.set_endpoints_not_enforced(not_enforced);
+        self.metrics
+            .set_endpoints_not_enforced(selected, not_enforced);
         self.metrics.set_sources_failing(failing);
         self.metrics.set_readiness(readiness);
     }
@@ -781,6 +825,7 @@ impl<B: Backend> Runtime<B> {
                 self.note_service_ranges(ranges);
                 self.in_sync = true;
                 self.not_programmed.clear();
+                self.metrics.note_full_sync();
                 tracing::info!(
                     endpoints = state.endpoints.len(),
                     prefixes = state.ipcache.len(),
@@ -882,7 +927,12 @@ impl<B: Backend> Runtime<B> {
                         changes.push(delete);
                     }
                 }
-                None => changes.extend(delete_change(id)),
+                None => {
+                    let object = format!("{}/{}", id.namespace, id.name);
+                    self.metrics
+                        .clear_rejected(id.kind.name(), object.trim_start_matches('/'));
+                    changes.extend(delete_change(id));
+                }
             }
         }
         changes
@@ -917,10 +967,17 @@ impl<B: Backend> Runtime<B> {
             }
             ClusterObject::ConfigMap(_) | ClusterObject::Service(_) => return None,
         };
+        let id = object.id();
+        let (kind, object) = (id.kind.name(), format!("{}/{}", id.namespace, id.name));
+        let object = object.trim_start_matches('/');
+        if rejections.is_empty() {
+            self.metrics.clear_rejected(kind, object);
+        }
         for rejection in rejections {
             tracing::warn!(kind = %rejection.kind, object = %rejection.object, reason = %rejection.reason, "rejected");
             self.metrics
                 .count_rejection(kind_label(rejection.kind), &rejection.reason);
+            self.metrics.note_rejected(kind, object, &rejection.reason);
         }
         change
     }
@@ -1200,6 +1257,123 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
+    fn answer_query(&self, query: Query) {
+        // A caller that went away has its answer dropped: nothing to do about it.
+        match query {
+            Query::Endpoints(reply) => {
+                let _ = reply.send(self.endpoint_reports());
+            }
+            Query::Names(reply) => {
+                let _ = reply.send(self.engine.as_ref().map(Engine::names).unwrap_or_default());
+            }
+            Query::Explain(flow, reply) => {
+                let _ = reply.send(self.reference(&flow));
+            }
+        }
+    }
+
+    /// Every local pod as `netpol-agent endpoints` shows it.
+    fn endpoint_reports(&self) -> Vec<EndpointReport> {
+        let Some(engine) = &self.engine else {
+            return Vec::new();
+        };
+        let names = |policies: &[ObjectRef]| policies.iter().map(ToString::to_string).collect();
+        engine
+            .local_endpoints()
+            .into_iter()
+            .map(|local| {
+                let addresses: Vec<IpAddr> = engine
+                    .snapshot()
+                    .pods
+                    .get(&local.pod)
+                    .map(|pod| pod.ips.iter().copied().collect())
+                    .unwrap_or_default();
+                let index = addresses
+                    .iter()
+                    .find_map(|ip| self.pod_interfaces.get(&Addr::from(*ip)).copied());
+                let interface = index.and_then(|index| {
+                    self.interfaces
+                        .as_ref()
+                        .and_then(|interfaces| interfaces.link_by_index(index))
+                        .map(|link| link.name.clone())
+                });
+                let selected = local.ingress.is_some() || local.egress.is_some();
+                let state = if !selected {
+                    "not_selected"
+                } else if addresses
+                    .iter()
+                    .any(|ip| self.not_programmed.contains(&Addr::from(*ip)))
+                {
+                    NotEnforced::NotProgrammed.name()
+                } else {
+                    match index {
+                        None => NotEnforced::NoInterface.name(),
+                        Some(index) if !self.pod_programs_on(index) => {
+                            NotEnforced::NotAttached.name()
+                        }
+                        Some(_) => "enforced",
+                    }
+                };
+                EndpointReport {
+                    pod: local.pod.to_string(),
+                    endpoint_id: local.id,
+                    addresses,
+                    interface,
+                    ingress: Isolation {
+                        isolated: local.ingress.is_some(),
+                        policies: names(&local.ingress_policies),
+                        set: local.ingress,
+                    },
+                    egress: Isolation {
+                        isolated: local.egress.is_some(),
+                        policies: names(&local.egress_policies),
+                        set: local.egress,
+                    },
+                    state: state.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// The engine's reference answer for `flow`, each side marked local or not.
+    fn reference(&self, flow: &Flow) -> Option<Reference> {
+        let engine = self.engine.as_ref()?;
+        let verdict = evaluate(engine.snapshot(), flow);
+        let endpoints = &engine.state().endpoints;
+        let side = |side: Side, ip: IpAddr| ReferenceSide {
+            pod: side.pod.as_ref().map(ToString::to_string),
+            local: endpoints.contains_key(&Addr::from(ip)),
+            allowed: side.allowed,
+            isolated_by: side.isolated_by.iter().map(ToString::to_string).collect(),
+            allowed_by: side.because.iter().map(ToString::to_string).collect(),
+        };
+        Some(Reference {
+            egress: side(verdict.egress, flow.src),
+            ingress: side(verdict.ingress, flow.dst),
+        })
+    }
+
+    /// Keeps the names file current for the debug CLI (when it changed since the last write).
+    fn write_names(&mut self) {
+        let (Some(path), Some(engine)) = (&self.config.names_file, &self.engine) else {
+            return;
+        };
+        if !self.names_dirty {
+            return;
+        }
+        match crate::debug::write_names_file(path, &engine.names()) {
+            Ok(()) => self.names_dirty = false,
+            Err(error) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    error = format!("{error:#}"),
+                    "writing the debug CLI's names file failed; retrying on the next resync"
+                );
+                self.metrics.count_programming_error("names_file");
+            }
+        }
+    }
+
     fn update_object_metrics(&self) {
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         for id in self.objects.current.keys() {
@@ -1317,6 +1491,7 @@ mod tests {
                 ObjectKind::NetworkPolicy,
             ]),
             stale_after: STALE_AFTER,
+            names_file: None,
             pod_interface_prefixes: Vec::new(),
         };
         Runtime::new(config, FakeBackend::default(), Metrics::new())

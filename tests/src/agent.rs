@@ -39,6 +39,8 @@ pub fn agent_binary() -> Result<PathBuf> {
 pub struct Agent {
     child: Option<Child>,
     pub pin_dir: PathBuf,
+    /// The debug API's socket (private: agents of other tests and the host's stay apart).
+    pub api_socket: PathBuf,
     pub log: PathBuf,
     netns: String,
     /// Remove pins and filters on drop (`netpol-agent cleanup`).
@@ -67,9 +69,12 @@ impl Agent {
         });
         let log =
             std::env::temp_dir().join(format!("netpol-agent-{}-{id}.log", std::process::id()));
+        let api_socket =
+            std::env::temp_dir().join(format!("netpol-api-{}-{id}/agent.sock", std::process::id()));
         let mut agent = Self {
             child: None,
             pin_dir,
+            api_socket,
             log,
             netns: netns.name().to_owned(),
             cleanup_on_drop: true,
@@ -94,6 +99,8 @@ impl Agent {
             .args(source)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -164,6 +171,34 @@ impl Agent {
         }
     }
 
+    /// Runs a debug command (`status`, `explain ...`, `maps dump policy`) against this agent
+    /// in its namespace; returns its exit code and output.
+    pub fn debug(&self, args: &[&str]) -> Result<DebugOutput> {
+        let output = self
+            .debug_command(args)?
+            .output()
+            .with_context(|| format!("running netpol-agent {}", args.join(" ")))?;
+        Ok(DebugOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// The command of [`Agent::debug`], to spawn (`monitor`).
+    pub fn debug_command(&self, args: &[&str]) -> Result<Command> {
+        let binary = agent_binary()?;
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .arg("--socket")
+            .arg(&self.api_socket)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir);
+        enter_netns_in_child(&mut command, &self.netns)?;
+        Ok(command)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -192,7 +227,26 @@ impl Drop for Agent {
             let _ = self.cleanup();
             let _ = std::fs::remove_dir_all(&self.pin_dir);
             let _ = std::fs::remove_file(&self.log);
+            if let Some(dir) = self.api_socket.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
+    }
+}
+
+/// What a debug command printed, and its exit code.
+#[derive(Debug)]
+pub struct DebugOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl DebugOutput {
+    /// Its `-o json` output, decoded.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {}\nstderr: {}", self.stdout, self.stderr))
     }
 }
 

@@ -9,7 +9,7 @@
 //! with `spec.nodeName` set and patch their status through the status subresource.
 //!
 //! The binary comes from [`KUBE_APISERVER_ENV`], which `cargo xtask test` sets (it builds and
-//! caches the binary, `cargo xtask kube-apiserver`); etcd is Debian's `etcd-server`. This module
+//! caches the binary, `cargo xtask kube`); etcd is Debian's `etcd-server`. This module
 //! does not build anything and touches nothing outside its temp dir and two loopback ports.
 //!
 //! Dropping the [`ApiServer`] kills both servers and removes the temp dir, also when a test
@@ -197,14 +197,14 @@ fn apiserver_binary() -> Result<PathBuf> {
     let Some(path) = std::env::var_os(KUBE_APISERVER_ENV) else {
         bail!(
             "{KUBE_APISERVER_ENV} is not set: run the tests through `cargo xtask test`, or build \
-             the binary with `cargo xtask kube-apiserver` and export \
+             the binary with `cargo xtask kube` and export \
              {KUBE_APISERVER_ENV}=<the path it prints>"
         );
     };
     let path = PathBuf::from(path);
     if !path.is_file() {
         bail!(
-            "{KUBE_APISERVER_ENV}={} is not a file: rebuild it with `cargo xtask kube-apiserver`",
+            "{KUBE_APISERVER_ENV}={} is not a file: rebuild it with `cargo xtask kube`",
             path.display()
         );
     }

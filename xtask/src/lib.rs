@@ -39,7 +39,7 @@ pub fn bpf_linker_bin_dir() -> PathBuf {
 }
 
 /// Tells the tests crate where the kube-apiserver binary is (`tests/src/apiserver.rs`).
-/// `cargo xtask test` builds or reuses it (`cargo xtask kube-apiserver`) and sets this.
+/// `cargo xtask test` builds or reuses it (`cargo xtask kube`) and sets this.
 pub const KUBE_APISERVER_ENV: &str = "NETPOL_KUBE_APISERVER";
 
 /// Where Debian's `etcd-server` installs etcd.

@@ -278,6 +278,33 @@ impl Selector {
     }
 }
 
+/// As `kubectl get -l` takes it: `app=web,tier in (a,b),!debug`; the empty selector is `{}`.
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut terms: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        for requirement in &self.match_expressions {
+            let key = &requirement.key;
+            let list =
+                |values: &BTreeSet<String>| values.iter().cloned().collect::<Vec<_>>().join(",");
+            terms.push(match &requirement.operator {
+                Operator::In(values) => format!("{key} in ({})", list(values)),
+                Operator::NotIn(values) => format!("{key} notin ({})", list(values)),
+                Operator::Exists => key.clone(),
+                Operator::DoesNotExist => format!("!{key}"),
+            });
+        }
+        if terms.is_empty() {
+            f.write_str("{}")
+        } else {
+            f.write_str(&terms.join(","))
+        }
+    }
+}
+
 /// One `matchExpressions` entry.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Requirement {

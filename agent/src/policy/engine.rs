@@ -34,11 +34,25 @@ use super::{
     Delta, Direction, IpPrefix, NodeState,
     classes::{ClassMove, ClassTable, Dep, PodPart, Sig, Touched},
     delta::Journal,
+    names::{IsolatedBy, Names},
     peers::{NamedPort, PeerDef, PeerId, PeerTable, User},
     rules::RuleTable,
     selector::matches,
     sets::{self, CompiledPolicy, CompiledRule, SetMove, SetTable, SetWrites, Target},
 };
+
+/// A local pod as [`Engine::local_endpoints`] describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub pod: ObjectRef,
+    pub id: u32,
+    /// Policy set of each direction; `None`: not isolated.
+    pub ingress: Option<u32>,
+    pub egress: Option<u32>,
+    /// Policies selecting the pod that cover each direction.
+    pub ingress_policies: Vec<ObjectRef>,
+    pub egress_policies: Vec<ObjectRef>,
+}
 
 /// A local endpoint: a pod of this node that is not hostNetwork and owns an address.
 #[derive(Debug)]
@@ -277,6 +291,119 @@ impl Engine {
             .iter()
             .find(|(_, local)| local.id == id)
             .map(|(key, _)| key)
+    }
+
+    /// Every local pod (non-hostNetwork, of this node, with an address): its endpoint id, its
+    /// policy set per direction (`None`: not isolated) and the policies isolating it.
+    pub fn local_endpoints(&self) -> Vec<LocalEndpoint> {
+        self.locals
+            .iter()
+            .map(|(pod, local)| {
+                let covering = |ingress: bool| -> Vec<ObjectRef> {
+                    local
+                        .selecting
+                        .iter()
+                        .filter(|key| {
+                            self.snapshot.policies.get(*key).is_some_and(|policy| {
+                                if ingress {
+                                    policy.ingress.is_some()
+                                } else {
+                                    policy.egress.is_some()
+                                }
+                            })
+                        })
+                        .cloned()
+                        .collect()
+                };
+                LocalEndpoint {
+                    pod: pod.clone(),
+                    id: local.id,
+                    ingress: local.ingress,
+                    egress: local.egress,
+                    ingress_policies: covering(true),
+                    egress_policies: covering(false),
+                }
+            })
+            .collect()
+    }
+
+    /// What the ids of the compiled state stand for (built on demand: the debug API's and the
+    /// on-disk index's).
+    pub fn names(&self) -> Names {
+        let mut names = Names {
+            node: self.node.clone(),
+            ..Names::default()
+        };
+        for local in self.local_endpoints() {
+            let pod_name = local.pod.to_string();
+            names.endpoints.insert(local.id, pod_name.clone());
+            let policies = |keys: &[ObjectRef]| keys.iter().map(ToString::to_string).collect();
+            names.isolated_by.insert(
+                local.id,
+                IsolatedBy {
+                    ingress: policies(&local.ingress_policies),
+                    egress: policies(&local.egress_policies),
+                },
+            );
+            for (set, policies, ingress) in [
+                (local.ingress, &local.ingress_policies, true),
+                (local.egress, &local.egress_policies, false),
+            ] {
+                let Some(set) = set else { continue };
+                let entry = names.sets.entry(set).or_default();
+                let pods = if ingress {
+                    &mut entry.ingress_of
+                } else {
+                    &mut entry.egress_of
+                };
+                pods.insert(pod_name.clone());
+                entry
+                    .policies
+                    .extend(policies.iter().map(ToString::to_string));
+            }
+            if let Some(pod) = self.snapshot.pods.get(&local.pod) {
+                for ip in &pod.ips {
+                    names.addresses.insert(*ip, pod_name.clone());
+                }
+            }
+        }
+        for (peer, state) in self.peers.iter() {
+            let Some(classes) = self.classes.of_peer(peer) else {
+                continue;
+            };
+            let text = state.def.to_string();
+            for class in classes {
+                names.classes.entry(*class).or_default().push(text.clone());
+            }
+            for pod in &state.members {
+                if let Some(pod) = self.snapshot.pods.get(pod) {
+                    for ip in &pod.ips {
+                        names.addresses.insert(*ip, pod.key().to_string());
+                    }
+                }
+            }
+        }
+        for port in self.named_users.keys() {
+            for class in self
+                .classes
+                .of_named(port)
+                .into_iter()
+                .flat_map(BTreeMap::keys)
+            {
+                names
+                    .classes
+                    .entry(*class)
+                    .or_default()
+                    .push(format!("named port {}/{}", port.name, port.protocol));
+            }
+        }
+        names.rules = self
+            .state
+            .rules
+            .iter()
+            .map(|(id, rule)| (*id, rule.to_string()))
+            .collect();
+        names
     }
 
     pub fn stats(&self) -> EngineStats {

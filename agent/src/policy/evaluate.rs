@@ -31,6 +31,8 @@ pub struct Side {
     pub pod: Option<ObjectRef>,
     /// Whether some policy isolates the pod in this direction.
     pub isolated: bool,
+    /// The policies that do (select the pod and cover the direction), in order.
+    pub isolated_by: Vec<ObjectRef>,
     pub allowed: bool,
     /// Every (policy, rule, peer, port) that allows the flow, in order; empty when not isolated.
     pub because: Vec<RuleRef>,
@@ -106,11 +108,12 @@ fn judge(
         return Side {
             pod: None,
             isolated: false,
+            isolated_by: Vec::new(),
             allowed: true,
             because: Vec::new(),
         };
     };
-    let mut isolated = false;
+    let mut isolated_by = Vec::new();
     let mut because = Vec::new();
     for policy in snapshot.policies.values() {
         if policy.namespace != subject.namespace
@@ -127,7 +130,7 @@ fn judge(
         let Some(rules) = rules else {
             continue;
         };
-        isolated = true;
+        isolated_by.push(ObjectRef::new(&policy.namespace, &policy.name));
         for (rule_index, rule) in rules.iter().enumerate() {
             let peers: Vec<Option<u32>> = match &rule.peers {
                 Peers::All => vec![None],
@@ -160,8 +163,9 @@ fn judge(
     }
     Side {
         pod: Some(ObjectRef::new(&subject.namespace, &subject.name)),
-        isolated,
-        allowed: !isolated || !because.is_empty(),
+        isolated: !isolated_by.is_empty(),
+        allowed: isolated_by.is_empty() || !because.is_empty(),
+        isolated_by,
         because,
     }
 }

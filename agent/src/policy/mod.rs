@@ -22,6 +22,7 @@ mod engine;
 mod evaluate;
 mod interner;
 mod lookup;
+mod names;
 mod peers;
 mod ports;
 mod rules;
@@ -41,9 +42,10 @@ mod tests_properties;
 use std::net::IpAddr;
 
 pub use delta::{Delta, Op};
-pub use engine::{Engine, EngineStats, compile};
+pub use engine::{Engine, EngineStats, LocalEndpoint, compile};
 pub use evaluate::{Side, Verdict, evaluate};
 pub use lookup::{Lookup, PathVerdict, lookup};
+pub use names::{IsolatedBy, Names, SetName};
 pub use rules::{Direction, RuleRef};
 pub use state::{IpPrefix, NodeState, PolicyEntryKey};
 

@@ -98,6 +98,31 @@ impl PeerDef {
     }
 }
 
+/// `pods app=db in namespace shop`, `pods role=client in namespaces team=a`,
+/// `ipBlock 10.0.0.0/8 except 10.1.0.0/16`.
+impl std::fmt::Display for PeerDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pods {
+                namespaces: NsScope::Named(namespace),
+                pods,
+            } => write!(f, "pods {pods} in namespace {namespace}"),
+            Self::Pods {
+                namespaces: NsScope::Matching(namespaces),
+                pods,
+            } => write!(f, "pods {pods} in namespaces {namespaces}"),
+            Self::IpBlock { cidr, except } => {
+                write!(f, "ipBlock {cidr}")?;
+                if !except.is_empty() {
+                    let except: Vec<String> = except.iter().map(ToString::to_string).collect();
+                    write!(f, " except {}", except.join(","))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A container port name with the protocol it must be declared with.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct NamedPort {
@@ -165,6 +190,10 @@ fn index_block(
 impl PeerTable {
     pub(crate) fn get(&self, id: PeerId) -> Option<&PeerState> {
         self.peers.get(&id)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (PeerId, &PeerState)> {
+        self.peers.iter().map(|(id, state)| (*id, state))
     }
 
     /// Pod peers (id and definition).

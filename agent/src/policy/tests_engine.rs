@@ -651,3 +651,52 @@ fn lookup_uses_port_zero_for_protocols_without_ports() {
     assert_eq!(evaluate(&snapshot(vec![], vec![]), &flow).egress.pod, None);
     assert_eq!(Direction::Ingress.to_string(), "ingress");
 }
+
+#[test]
+fn the_engine_names_endpoints_sets_classes_and_rules() {
+    let mut allow = policy("x", "allow-client", Selector::labels([("app", "server")]));
+    allow.ingress = Some(vec![rule(
+        Peers::Only(vec![pods_labelled(&[("app", "client")])]),
+        Ports::All,
+    )]);
+    let snapshot = snapshot(
+        vec![
+            pod("x", "server", &[("app", "server")], &["10.0.0.1"], NODE),
+            pod(
+                "x",
+                "client",
+                &[("app", "client")],
+                &["10.0.0.2"],
+                "other-node",
+            ),
+        ],
+        vec![allow],
+    );
+    let (engine, _) = Engine::with_snapshot(NODE, snapshot);
+    let names = engine.names();
+    assert_eq!(names.endpoints.values().collect::<Vec<_>>(), ["x/server"]);
+    let users = names
+        .sets
+        .values()
+        .find(|users| users.ingress_of.contains("x/server"))
+        .expect("the server's ingress set is named");
+    assert_eq!(
+        users.policies.iter().collect::<Vec<_>>(),
+        ["x/allow-client"]
+    );
+    assert_eq!(
+        names.rules.values().collect::<Vec<_>>(),
+        ["x/allow-client ingress[0].from[0].ports[*]"]
+    );
+    assert!(
+        names
+            .classes
+            .values()
+            .flatten()
+            .any(|peer| peer == "pods app=client in namespace x"),
+        "{names:?}"
+    );
+    // The remote client is named as a peer, the server as a local pod.
+    assert_eq!(names.pod_at(ip("10.0.0.2")), Some("x/client"));
+    assert_eq!(names.address_of("x/server"), Some(ip("10.0.0.1")));
+}

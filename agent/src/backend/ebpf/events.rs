@@ -1,8 +1,9 @@
 //! Drop and audit events from `NP_EVENTS` (a perf event array: ring buffers need 5.8).
 //!
 //! One perf buffer per online CPU, drained by a thread of its own that polls them all. Each
-//! event is logged (rate-limited: a dropping flood must not flood the log) and counted; events
-//! the kernel could not deliver because a buffer was full are counted as lost.
+//! event is logged (rate-limited: a dropping flood must not flood the log), counted and handed
+//! to the sink (the `monitor` stream); events the kernel could not deliver because a buffer
+//! was full are counted as lost.
 
 use std::{
     net::IpAddr,
@@ -36,6 +37,9 @@ const LOGGED_PER_SECOND: u32 = 20;
 pub trait EventSink: Send + 'static {
     /// `seen` events were read and `lost` were dropped by the kernel since the last call.
     fn count(&self, seen: u64, lost: u64);
+
+    /// One event, as read (must not block: the buffers fill while it waits).
+    fn event(&self, event: &PolicyEvent);
 }
 
 /// Perf buffers ready to be drained.
@@ -118,6 +122,7 @@ impl EventReader {
                         seen += 1;
                         if let Some(event) = decode(head, tail) {
                             limiter.log(&event);
+                            sink.event(&event);
                         }
                     }
                     PerfEvent::Lost { count } => lost += count,

@@ -1,0 +1,1148 @@
+//! The node debug CLI: `netpol-agent status | endpoints | explain | maps dump`.
+//!
+//! Two sources, both read-only: the agent's debug API on its Unix socket (`http.rs`: live
+//! status, endpoints, the engine's reference answers and the names of every id) and the pinned
+//! maps in bpffs (what the kernel really enforces). With the agent down the maps still answer,
+//! named from the names file the agent keeps beside its socket; the output then says the
+//! names may be stale. Nothing here writes to a map or to the agent.
+
+pub mod client;
+pub mod datapath;
+pub mod report;
+mod table;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    addr::Addr,
+    endpoint::{FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED, FLAG_NOT_PROGRAMMED},
+    policy::{DIR_EGRESS, PREFIX_ANY_PORT, PREFIX_FULL},
+};
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+
+use crate::{
+    monitor::MonitorEvent,
+    policy::{Flow, Names, PathVerdict, lookup},
+};
+
+use self::{
+    client::Unreachable,
+    datapath::KernelState,
+    report::{
+        DatapathSide, EndpointReport, ExplainReport, ExplainSide, Isolation, MapStatus, Reference,
+        ReferenceSide, StatusReport,
+    },
+    table::{Output, Table, print, print_json},
+};
+
+/// Where the agent serves its debug API by default (a directory the DaemonSet shares with
+/// the host, like the CNI socket's).
+pub const DEFAULT_SOCKET: &str = "/run/netpol/agent.sock";
+
+/// The names file beside the agent's socket.
+pub fn names_file(socket: &Path) -> PathBuf {
+    socket.with_file_name("names.json")
+}
+
+/// Writes `names` to `path` atomically (a reader never sees half a file).
+pub fn write_names_file(path: &Path, names: &Names) -> Result<()> {
+    let text = serde_json::to_vec(names).context("encoding the names")?;
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// How a debug command reaches the agent and the maps.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Target {
+    /// The agent's debug socket.
+    #[arg(long, env = "NETPOL_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The bpffs directory of the pinned maps.
+    #[arg(long, default_value = agent_common::PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// The source: an address or `namespace/pod`.
+    #[arg(long)]
+    pub from: String,
+    /// The destination: an address or `namespace/pod` (for a Service, give a backend pod:
+    /// egress to a Service is decided after DNAT).
+    #[arg(long)]
+    pub to: String,
+    #[arg(long = "proto", value_enum, default_value_t = Protocol::Tcp)]
+    pub protocol: Protocol,
+    /// Destination port (TCP, UDP, SCTP).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+}
+
+impl Protocol {
+    fn number(self, ipv6: bool) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+            Self::Icmp if ipv6 => 58,
+            Self::Icmp => 1,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MapsArgs {
+    #[command(subcommand)]
+    pub action: MapsAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MapsAction {
+    /// Print every entry of a map, translated to pods, policies and selectors.
+    Dump {
+        #[arg(value_enum)]
+        map: MapName,
+        /// Raw ids and values only.
+        #[arg(long)]
+        numeric: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MonitorArgs {
+    /// Drops only (no audit events).
+    #[arg(long)]
+    pub drops: bool,
+    /// Only events of this pod (`namespace/name`), at either end.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Start with the events of this last stretch of time the agent kept (`90s`, `5m`,
+    /// `1h`; at most the last 4096 events).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Print the kept events (`--since`) and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub max_events: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(index) => text.split_at(index),
+        None => (text, "s"),
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and s, m or h"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("{text:?}: the unit is s, m or h")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MapName {
+    Endpoints,
+    Ipcache,
+    Policy,
+    Services,
+    Conntrack,
+    Config,
+    Counters,
+}
+
+/// What a command found: whether its answer is a healthy one (the exit code).
+pub type Healthy = bool;
+
+fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(future)
+}
+
+/// Whether an error means "the agent is not there" (fall back to the pins).
+fn unreachable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Unreachable>().is_some()
+}
+
+/// The names of the ids: live from the agent, else from its names file (stale, said so).
+struct NameSource {
+    names: Names,
+    /// Set when the names are not the running agent's.
+    caveat: Option<String>,
+}
+
+async fn names(target: &Target) -> Result<NameSource> {
+    match client::get::<Names>(&target.socket, "/v1/names").await {
+        Ok(names) => Ok(NameSource {
+            names,
+            caveat: None,
+        }),
+        Err(error) if unreachable(&error) => {
+            let file = names_file(&target.socket);
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    let age = std::fs::metadata(&file)
+                        .and_then(|meta| meta.modified())
+                        .ok()
+                        .and_then(|at| at.elapsed().ok())
+                        .map(|age| format!("{} s old", age.as_secs()))
+                        .unwrap_or_else(|| "of unknown age".to_owned());
+                    let names = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("decoding {}", file.display()))?;
+                    Ok(NameSource {
+                        names,
+                        caveat: Some(format!(
+                            "{error:#}: names from {} ({age}) may be stale",
+                            file.display()
+                        )),
+                    })
+                }
+                Err(_) => Ok(NameSource {
+                    names: Names::default(),
+                    caveat: Some(format!(
+                        "{error:#}, and no names file at {}: raw ids only",
+                        file.display()
+                    )),
+                }),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `netpol-agent status`: healthy when the agent runs and is ready.
+pub fn status(target: &Target) -> Result<Healthy> {
+    let report = block_on(async {
+        match client::get::<StatusReport>(&target.socket, "/v1/status").await {
+            Ok(report) => Ok(report),
+            Err(error) if unreachable(&error) => status_from_pins(target, &error),
+            Err(error) => Err(error),
+        }
+    })?;
+    let healthy = report.agent_running && report.ready;
+    match target.output {
+        Output::Json => print_json(&report)?,
+        Output::Table => print(&render_status(&report)),
+    }
+    Ok(healthy)
+}
+
+/// What can be said with the agent down: the maps and the switch, from the pins.
+fn status_from_pins(target: &Target, why: &anyhow::Error) -> Result<StatusReport> {
+    let kernel = KernelState::read(&target.pin_dir)
+        .with_context(|| format!("{why:#}; and the pins cannot be read either"))?;
+    let sizes = kernel.sizes;
+    let map = |name: &str, entries: usize, capacity: u32| MapStatus {
+        name: name.to_owned(),
+        entries: entries as u64,
+        capacity: u64::from(capacity),
+    };
+    let connections = kernel.connections().map(|rows| rows.len()).unwrap_or(0);
+    Ok(StatusReport {
+        agent_running: false,
+        backend: "ebpf (from the pins)".to_owned(),
+        enforcement: !kernel.enforcement_off(),
+        not_ready_reason: Some(format!("{why:#}")),
+        maps: vec![
+            map("endpoints", kernel.state.endpoints.len(), sizes.endpoints),
+            map("ipcache", kernel.state.ipcache.len(), sizes.ipcache),
+            map("policy", kernel.state.policy.len(), sizes.policy),
+            map("services", kernel.services.len(), sizes.services),
+            map("conntrack", connections, sizes.conntrack),
+        ],
+        ..StatusReport::default()
+    })
+}
+
+fn render_status(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key:<22}{value}\n"));
+    if report.agent_running {
+        line(
+            "Agent:",
+            format!(
+                "running (pid {}, version {}) on node {}",
+                report.pid.unwrap_or_default(),
+                report.version,
+                report.node
+            ),
+        );
+    } else {
+        line(
+            "Agent:",
+            "DOWN: what follows is read from the pins".to_owned(),
+        );
+    }
+    line(
+        "Ready:",
+        match (&report.not_ready_reason, report.ready) {
+            (_, true) => "yes".to_owned(),
+            (Some(reason), false) => format!("no: {reason}"),
+            (None, false) => "no".to_owned(),
+        },
+    );
+    line(
+        "Backend:",
+        if report.backend_reason.is_empty() {
+            report.backend.clone()
+        } else {
+            format!("{} ({})", report.backend, report.backend_reason)
+        },
+    );
+    if !report.kernel.is_empty() {
+        line("Kernel:", report.kernel.clone());
+    }
+    if let Some(mode) = &report.attach_mode {
+        line("Attach mode:", mode.clone());
+    }
+    line(
+        "Enforcement:",
+        if report.enforcement {
+            "on".to_owned()
+        } else {
+            "OFF (disable_network_policy): every packet passes".to_owned()
+        },
+    );
+    if report.agent_running {
+        let watches = if report.failing_watches.is_empty() {
+            "healthy".to_owned()
+        } else {
+            report
+                .failing_watches
+                .iter()
+                .map(|watch| {
+                    format!(
+                        "{} failing for {} s ({})",
+                        watch.kind, watch.seconds, watch.error
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        line("Source:", format!("{}; watches {watches}", report.source));
+        let ago = |seconds: Option<f64>| {
+            seconds
+                .map(|seconds| format!("{seconds:.1} s ago"))
+                .unwrap_or_else(|| "never".to_owned())
+        };
+        line("Last full sync:", ago(report.seconds_since_full_sync));
+        line(
+            "Last change:",
+            format!("programmed {}", ago(report.seconds_since_change_programmed)),
+        );
+        let mut endpoints = format!(
+            "{} local pod addresses, {} selected by a policy and enforced",
+            report.endpoints.local, report.endpoints.enforced
+        );
+        for (reason, count) in &report.endpoints.not_enforced {
+            if *count > 0 {
+                endpoints.push_str(&format!(", {count} NOT enforced ({reason})"));
+            }
+        }
+        line("Endpoints:", endpoints);
+        line(
+            "CNI chain:",
+            match report.cni_chained {
+                Some(true) => "includes netpol-cni".to_owned(),
+                Some(false) => "does NOT include netpol-cni".to_owned(),
+                None => "not managed".to_owned(),
+            },
+        );
+    }
+    for (index, map) in report.maps.iter().enumerate() {
+        line(
+            if index == 0 { "Maps:" } else { "" },
+            format!(
+                "{:<13} {:>8} / {:<8} ({:.0} %)",
+                map.name,
+                map.entries,
+                map.capacity,
+                map.entries as f64 * 100.0 / map.capacity.max(1) as f64
+            ),
+        );
+    }
+    if report.agent_running {
+        if report.rejected_objects.is_empty() {
+            line("Rejected objects:", "none".to_owned());
+        }
+        for (index, rejection) in report.rejected_objects.iter().enumerate() {
+            line(
+                if index == 0 { "Rejected objects:" } else { "" },
+                format!(
+                    "{} {}: {}",
+                    rejection.kind, rejection.object, rejection.reason
+                ),
+            );
+        }
+        let errors: Vec<String> = report
+            .programming_errors
+            .iter()
+            .map(|(what, count)| format!("{what} {count}"))
+            .collect();
+        line(
+            "Programming errors:",
+            if errors.is_empty() {
+                "none".to_owned()
+            } else {
+                errors.join(", ")
+            },
+        );
+    }
+    out
+}
+
+/// `netpol-agent endpoints`.
+pub fn endpoints(target: &Target) -> Result<Healthy> {
+    let (reports, caveat) = block_on(async {
+        match client::get::<Vec<EndpointReport>>(&target.socket, "/v1/endpoints").await {
+            Ok(reports) => Ok((reports, None)),
+            Err(error) if unreachable(&error) => {
+                let source = names(target).await?;
+                let kernel = KernelState::read(&target.pin_dir)
+                    .with_context(|| format!("{error:#}; and the pins cannot be read either"))?;
+                Ok((endpoints_from_pins(&kernel, &source.names), source.caveat))
+            }
+            Err(error) => Err(error),
+        }
+    })?;
+    match target.output {
+        Output::Json => print_json(&reports)?,
+        Output::Table => {
+            if let Some(caveat) = &caveat {
+                print(&format!("# {caveat}\n"));
+            }
+            let mut table = Table::new(&[
+                "pod",
+                "id",
+                "addresses",
+                "interface",
+                "ingress",
+                "egress",
+                "state",
+            ]);
+            let isolation = |side: &Isolation| {
+                if side.isolated {
+                    format!("isolated by {}", side.policies.join(","))
+                } else {
+                    "open".to_owned()
+                }
+            };
+            for report in &reports {
+                table.row(vec![
+                    report.pod.clone(),
+                    report.endpoint_id.to_string(),
+                    join(&report.addresses),
+                    report.interface.clone().unwrap_or_else(|| "-".to_owned()),
+                    isolation(&report.ingress),
+                    isolation(&report.egress),
+                    report.state.clone(),
+                ]);
+            }
+            print(&table.render());
+        }
+    }
+    Ok(caveat.is_none())
+}
+
+fn join(items: &[impl std::fmt::Display]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The endpoints as the maps hold them, named from `names` (the agent is down).
+fn endpoints_from_pins(kernel: &KernelState, names: &Names) -> Vec<EndpointReport> {
+    let interfaces = crate::discovery::snapshot().ok();
+    let mut by_id: std::collections::BTreeMap<u32, EndpointReport> = Default::default();
+    for (addr, endpoint) in kernel.endpoints() {
+        let report = by_id.entry(endpoint.id).or_default();
+        report.pod = names.endpoint(endpoint.id);
+        report.endpoint_id = endpoint.id;
+        report.addresses.extend(addr.to_ip());
+        report.interface = interfaces
+            .as_ref()
+            .and_then(|interfaces| interfaces.link_by_index(endpoint.ifindex))
+            .map(|link| link.name.clone())
+            .or_else(|| Some(format!("ifindex {}", endpoint.ifindex)));
+        let side = |flag: u32, set: u32| {
+            let isolated = endpoint.flags & flag != 0;
+            Isolation {
+                isolated,
+                policies: if isolated {
+                    names
+                        .set(set)
+                        .map(|name| name.policies.iter().cloned().collect())
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                set: isolated.then_some(set),
+            }
+        };
+        report.ingress = side(FLAG_INGRESS_ISOLATED, endpoint.ingress_set);
+        report.egress = side(FLAG_EGRESS_ISOLATED, endpoint.egress_set);
+        report.state = if endpoint.flags & FLAG_NOT_PROGRAMMED != 0 {
+            "not_programmed".to_owned()
+        } else {
+            "unknown (agent down)".to_owned()
+        };
+    }
+    by_id.into_values().collect()
+}
+
+/// `netpol-agent explain`: healthy unless the two answers disagree (drift).
+pub fn explain(args: &ExplainArgs) -> Result<Healthy> {
+    let target = &args.target;
+    let report = block_on(async {
+        let source = names(target).await?;
+        let from = resolve(&args.from, &source.names)?;
+        let to = resolve(&args.to, &source.names)?;
+        let protocol = args.protocol.number(from.is_ipv6());
+        if matches!(
+            args.protocol,
+            Protocol::Tcp | Protocol::Udp | Protocol::Sctp
+        ) && args.port == 0
+        {
+            bail!("--port is needed for {:?}", args.protocol);
+        }
+        let flow = Flow::new(from, to, protocol, args.port);
+        let reference = match source.caveat {
+            None => Some(
+                client::get::<Reference>(
+                    &target.socket,
+                    &format!(
+                        "/v1/explain?from={from}&to={to}&protocol={protocol}&port={}",
+                        args.port
+                    ),
+                )
+                .await?,
+            ),
+            Some(_) => None,
+        };
+        let kernel = KernelState::read(&target.pin_dir)?;
+        Ok(build_explain(
+            flow,
+            &args.protocol,
+            reference,
+            &kernel,
+            &source,
+        ))
+    })?;
+    match target.output {
+        Output::Json => print_json(&report)?,
+        Output::Table => print(&render_explain(&report)),
+    }
+    Ok(!report.drift)
+}
+
+/// An address, or the address of `namespace/pod`.
+fn resolve(text: &str, names: &Names) -> Result<IpAddr> {
+    if let Ok(ip) = text.parse() {
+        return Ok(ip);
+    }
+    if text.contains('/') {
+        return names.address_of(text).with_context(|| {
+            format!("no address known for the pod {text} (give its address instead)")
+        });
+    }
+    bail!("{text:?} is neither an address nor namespace/pod")
+}
+
+fn build_explain(
+    flow: Flow,
+    protocol: &Protocol,
+    reference: Option<Reference>,
+    kernel: &KernelState,
+    source: &NameSource,
+) -> ExplainReport {
+    let names = &source.names;
+    let looked_up = lookup(&kernel.state, &flow);
+    let datapath_side = |verdict: PathVerdict| {
+        let mut side = DatapathSide::default();
+        let (verdict_name, endpoint, set, class, rule) = match verdict {
+            PathVerdict::NotEndpoint => ("not_endpoint", None, None, None, None),
+            PathVerdict::NotIsolated { endpoint } => {
+                ("not_isolated", Some(endpoint), None, None, None)
+            }
+            PathVerdict::Allowed {
+                endpoint,
+                set,
+                class,
+                rule,
+            } => (
+                "allowed",
+                Some(endpoint),
+                Some(set),
+                Some(class),
+                Some(rule),
+            ),
+            PathVerdict::Denied {
+                endpoint,
+                set,
+                class,
+            } => ("denied", Some(endpoint), Some(set), Some(class), None),
+        };
+        side.verdict = verdict_name.to_owned();
+        side.endpoint = endpoint.map(|id| names.endpoint(id));
+        side.set = set;
+        side.class = class;
+        side.class_name = class.map(|class| names.class(class));
+        side.rule = rule;
+        side.rule_name = rule.map(|rule| names.rule(rule));
+        side
+    };
+    let side =
+        |direction: &str, ip: IpAddr, verdict: PathVerdict, reference: Option<ReferenceSide>| {
+            let datapath = datapath_side(verdict);
+            let local = verdict.enforced();
+            let agree = reference.as_ref().map(|reference| {
+                reference.local == local && (!local || reference.allowed == verdict.allowed())
+            });
+            ExplainSide {
+                direction: direction.to_owned(),
+                pod: reference
+                    .as_ref()
+                    .and_then(|reference| reference.pod.clone())
+                    .or_else(|| names.pod_at(ip).map(str::to_owned)),
+                local,
+                reference,
+                datapath: Some(datapath),
+                agree,
+            }
+        };
+    let (egress_reference, ingress_reference) = match reference {
+        Some(reference) => (Some(reference.egress), Some(reference.ingress)),
+        None => (None, None),
+    };
+    let egress = side("egress", flow.src, looked_up.egress, egress_reference);
+    let ingress = side("ingress", flow.dst, looked_up.ingress, ingress_reference);
+    let mut notes = Vec::new();
+    if let Some(caveat) = &source.caveat {
+        notes.push(format!("only the datapath's answer: {caveat}"));
+    }
+    if kernel.enforcement_off() {
+        notes.push("enforcement is OFF (disable_network_policy): the programs pass every packet whatever the maps say".to_owned());
+    }
+    if kernel.is_service(Addr::from(flow.dst)) {
+        notes.push(format!(
+            "{} is a Service address: egress to a Service is decided after DNAT; explain the backend pod instead",
+            flow.dst
+        ));
+    }
+    for (side, verdict) in [
+        ("source", looked_up.egress),
+        ("destination", looked_up.ingress),
+    ] {
+        let endpoint = match verdict {
+            PathVerdict::NotEndpoint => None,
+            PathVerdict::NotIsolated { endpoint }
+            | PathVerdict::Allowed { endpoint, .. }
+            | PathVerdict::Denied { endpoint, .. } => Some(endpoint),
+        };
+        let address = if side == "source" { flow.src } else { flow.dst };
+        let flags = kernel
+            .state
+            .endpoints
+            .get(&Addr::from(address))
+            .map(|endpoint| endpoint.flags)
+            .unwrap_or(0);
+        if endpoint.is_some() && flags & FLAG_NOT_PROGRAMMED != 0 {
+            notes.push(format!("the {side} is written NOT PROGRAMMED: a write for it failed, so everything new is denied until it succeeds"));
+        }
+        if endpoint.is_some() && flags & FLAG_AUDIT != 0 {
+            notes.push(format!(
+                "the {side} is in audit mode: denials are reported, not enforced"
+            ));
+        }
+    }
+    let drift = [&egress, &ingress]
+        .iter()
+        .any(|side| side.agree == Some(false));
+    ExplainReport {
+        from: flow.src,
+        to: flow.dst,
+        protocol: format!("{protocol:?}").to_lowercase(),
+        port: flow.port,
+        allowed: kernel.enforcement_off() || looked_up.allowed(),
+        egress,
+        ingress,
+        drift,
+        notes,
+    }
+}
+
+fn render_explain(report: &ExplainReport) -> String {
+    let mut out = format!(
+        "{} -> {} {}/{}: {}\n",
+        report.from,
+        report.to,
+        report.protocol,
+        report.port,
+        if report.allowed { "ALLOWED" } else { "DENIED" }
+    );
+    for side in [&report.egress, &report.ingress] {
+        let at = if side.direction == "egress" {
+            "egress at the source"
+        } else {
+            "ingress at the destination"
+        };
+        let pod = side.pod.clone().unwrap_or_else(|| "not a pod".to_owned());
+        out.push_str(&format!("\n{at} ({pod}):\n"));
+        if !side.local {
+            out.push_str("  not enforced on this node\n");
+        }
+        if let Some(reference) = &side.reference
+            && side.local
+        {
+            let verdict = if reference.isolated_by.is_empty() {
+                "allowed: no policy isolates it in this direction".to_owned()
+            } else if reference.allowed {
+                format!(
+                    "allowed by {} (isolated by {})",
+                    reference.allowed_by.join(", "),
+                    reference.isolated_by.join(", ")
+                )
+            } else {
+                format!(
+                    "denied: isolated by {} and no rule allows this peer/port",
+                    reference.isolated_by.join(", ")
+                )
+            };
+            out.push_str(&format!("  engine:   {verdict}\n"));
+        }
+        if let Some(datapath) = &side.datapath
+            && side.local
+        {
+            let detail = match datapath.verdict.as_str() {
+                "allowed" => format!(
+                    "allowed by rule {} ({}), peer class {} ({})",
+                    datapath.rule.unwrap_or_default(),
+                    datapath.rule_name.clone().unwrap_or_default(),
+                    datapath.class.unwrap_or_default(),
+                    datapath.class_name.clone().unwrap_or_default()
+                ),
+                "denied" => format!(
+                    "denied: no entry for set {} and peer class {} ({}) or any peer",
+                    datapath.set.unwrap_or_default(),
+                    datapath.class.unwrap_or_default(),
+                    datapath.class_name.clone().unwrap_or_default()
+                ),
+                "not_isolated" => "allowed: not isolated".to_owned(),
+                other => other.to_owned(),
+            };
+            out.push_str(&format!("  datapath: {detail}\n"));
+        }
+        if side.agree == Some(false) {
+            out.push_str("  !!! DRIFT: the datapath does not hold what the engine compiled; please report this\n");
+        }
+    }
+    for note in &report.notes {
+        out.push_str(&format!("\nnote: {note}\n"));
+    }
+    out
+}
+
+/// `netpol-agent maps dump MAP`.
+pub fn dump(map: MapName, numeric: bool, target: &Target) -> Result<Healthy> {
+    let (source, kernel) = block_on(async {
+        let source = names(target).await?;
+        Ok((source, KernelState::read(&target.pin_dir)?))
+    })?;
+    let names = if numeric {
+        &Names::default()
+    } else {
+        &source.names
+    };
+    let table = match map {
+        MapName::Endpoints => dump_endpoints(&kernel, names, numeric),
+        MapName::Ipcache => dump_ipcache(&kernel, names, numeric),
+        MapName::Policy => dump_policy(&kernel, names, numeric),
+        MapName::Services => {
+            let mut table = Table::new(&["prefix"]);
+            for (addr, len) in &kernel.services {
+                table.row(vec![prefix_text(*addr, *len)]);
+            }
+            table
+        }
+        MapName::Conntrack => dump_conntrack(&kernel, names, numeric)?,
+        MapName::Config => {
+            let config = kernel.config;
+            let mut table = Table::new(&["field", "value"]);
+            for (field, value) in [
+                ("flags", format!("{:#x}", config.flags)),
+                ("enforcement", (!kernel.enforcement_off()).to_string()),
+                ("generation", format!("{:#x}", config.generation)),
+                ("tcp_syn_timeout_ms", config.tcp_syn_timeout_ms.to_string()),
+                (
+                    "tcp_established_timeout_ms",
+                    config.tcp_established_timeout_ms.to_string(),
+                ),
+                (
+                    "tcp_close_timeout_ms",
+                    config.tcp_close_timeout_ms.to_string(),
+                ),
+                ("udp_timeout_ms", config.udp_timeout_ms.to_string()),
+                ("other_timeout_ms", config.other_timeout_ms.to_string()),
+            ] {
+                table.row(vec![field.to_owned(), value]);
+            }
+            table
+        }
+        MapName::Counters => {
+            let mut table = Table::new(&["counter", "direction", "packets", "bytes"]);
+            for (reason, direction, count) in kernel.drops()? {
+                table.row(vec![
+                    format!("drop {}", reason.name()),
+                    direction.to_owned(),
+                    count.packets.to_string(),
+                    count.bytes.to_string(),
+                ]);
+            }
+            for (rule, count) in kernel.rule_hits()? {
+                let name = if numeric {
+                    format!("rule {rule}")
+                } else {
+                    format!("allow {}", names.rule(rule))
+                };
+                table.row(vec![
+                    name,
+                    "-".to_owned(),
+                    count.packets.to_string(),
+                    count.bytes.to_string(),
+                ]);
+            }
+            table
+        }
+    };
+    match target.output {
+        Output::Json => print_json(&table.to_json())?,
+        Output::Table => {
+            if let Some(caveat) = &source.caveat
+                && !numeric
+            {
+                print(&format!("# {caveat}\n"));
+            }
+            print(&table.render());
+        }
+    }
+    Ok(true)
+}
+
+fn prefix_text(addr: Addr, len: u32) -> String {
+    match addr.to_ip() {
+        Some(ip) => format!("{ip}/{len}"),
+        None => format!("{addr:?}/{len}"),
+    }
+}
+
+fn dump_endpoints(kernel: &KernelState, names: &Names, numeric: bool) -> Table {
+    let mut columns = vec!["address", "id"];
+    if !numeric {
+        columns.push("pod");
+    }
+    columns.extend(["ifindex", "flags", "ingress_set", "egress_set"]);
+    let mut table = Table::new(&columns);
+    for (addr, endpoint) in kernel.endpoints() {
+        let mut row = vec![
+            addr.to_ip().map(|ip| ip.to_string()).unwrap_or_default(),
+            endpoint.id.to_string(),
+        ];
+        if !numeric {
+            row.push(names.endpoint(endpoint.id));
+        }
+        let flags = if numeric {
+            format!("{:#x}", endpoint.flags)
+        } else {
+            let mut flags = Vec::new();
+            for (bit, name) in [
+                (FLAG_INGRESS_ISOLATED, "ingress-isolated"),
+                (FLAG_EGRESS_ISOLATED, "egress-isolated"),
+                (FLAG_AUDIT, "audit"),
+                (FLAG_NOT_PROGRAMMED, "NOT-PROGRAMMED"),
+            ] {
+                if endpoint.flags & bit != 0 {
+                    flags.push(name);
+                }
+            }
+            if flags.is_empty() {
+                "-".to_owned()
+            } else {
+                flags.join(",")
+            }
+        };
+        row.extend([
+            endpoint.ifindex.to_string(),
+            flags,
+            endpoint.ingress_set.to_string(),
+            endpoint.egress_set.to_string(),
+        ]);
+        table.row(row);
+    }
+    table
+}
+
+fn dump_ipcache(kernel: &KernelState, names: &Names, numeric: bool) -> Table {
+    let mut columns = vec!["prefix", "class"];
+    if !numeric {
+        columns.extend(["pod", "stands_for"]);
+    }
+    let mut table = Table::new(&columns);
+    for (prefix, class) in &kernel.state.ipcache {
+        let mut row = vec![prefix.to_string(), class.id.to_string()];
+        if !numeric {
+            let pod = prefix
+                .is_host()
+                .then(|| prefix.addr.to_ip())
+                .flatten()
+                .and_then(|ip| names.pod_at(ip))
+                .unwrap_or("-")
+                .to_owned();
+            row.extend([pod, names.class(class.id)]);
+        }
+        table.row(row);
+    }
+    table
+}
+
+fn dump_policy(kernel: &KernelState, names: &Names, numeric: bool) -> Table {
+    let mut columns = vec!["set", "class", "direction", "protocol", "ports", "rule"];
+    if !numeric {
+        columns.extend(["pods", "peer", "rule_name"]);
+    }
+    let mut table = Table::new(&columns);
+    for (entry, value) in &kernel.state.policy {
+        let key = entry.key;
+        let protocol = if entry.prefix_len < PREFIX_ANY_PORT {
+            "any".to_owned()
+        } else {
+            key.protocol.to_string()
+        };
+        let ports = if entry.prefix_len <= PREFIX_ANY_PORT {
+            "any".to_owned()
+        } else {
+            let block = 1u32 << (PREFIX_FULL - entry.prefix_len);
+            let first = u32::from(key.port_number());
+            if block == 1 {
+                first.to_string()
+            } else {
+                format!("{first}-{}", first + block - 1)
+            }
+        };
+        let direction = if key.direction == DIR_EGRESS {
+            "egress"
+        } else {
+            "ingress"
+        };
+        let mut row = vec![
+            key.set_id().to_string(),
+            key.class_id().to_string(),
+            direction.to_owned(),
+            protocol,
+            ports,
+            value.rule.to_string(),
+        ];
+        if !numeric {
+            let pods = names
+                .set(key.set_id())
+                .map(|set| {
+                    let pods = if key.direction == DIR_EGRESS {
+                        &set.egress_of
+                    } else {
+                        &set.ingress_of
+                    };
+                    pods.iter().cloned().collect::<Vec<_>>().join(",")
+                })
+                .unwrap_or_default();
+            row.extend([pods, names.class(key.class_id()), names.rule(value.rule)]);
+        }
+        table.row(row);
+    }
+    table
+}
+
+fn dump_conntrack(kernel: &KernelState, names: &Names, numeric: bool) -> Result<Table> {
+    let now_ns = monotonic_ns();
+    let mut columns = vec![
+        "source",
+        "destination",
+        "protocol",
+        "age_s",
+        "flags",
+        "rule",
+    ];
+    if !numeric {
+        columns.extend(["source_pod", "destination_pod", "rule_name"]);
+    }
+    let mut table = Table::new(&columns);
+    for (key, entry) in kernel.connections()? {
+        let src = key.src.to_ip();
+        let dst = key.dst.to_ip();
+        let age = now_ns.saturating_sub(entry.last_seen_ns) as f64 / 1e9;
+        let mut row = vec![
+            format!(
+                "{}:{}",
+                src.map(|ip| ip.to_string()).unwrap_or_default(),
+                key.sport
+            ),
+            format!(
+                "{}:{}",
+                dst.map(|ip| ip.to_string()).unwrap_or_default(),
+                key.dport
+            ),
+            key.protocol.to_string(),
+            format!("{age:.1}"),
+            format!("{:#x}", entry.flags),
+            entry.rule.to_string(),
+        ];
+        if !numeric {
+            let pod =
+                |ip: Option<IpAddr>| ip.and_then(|ip| names.pod_at(ip)).unwrap_or("-").to_owned();
+            row.extend([
+                pod(src),
+                pod(dst),
+                if entry.rule == 0 {
+                    "-".to_owned()
+                } else {
+                    names.rule(entry.rule)
+                },
+            ]);
+        }
+        table.row(row);
+    }
+    Ok(table)
+}
+
+/// `netpol-agent monitor`: the drop and audit events as they happen.
+pub fn monitor(args: &MonitorArgs) -> Result<Healthy> {
+    let target = &args.target;
+    let mut path = format!("/v1/monitor?follow={}", !args.no_follow);
+    if let Some(since) = args.since {
+        path.push_str(&format!("&since={}", since.as_secs_f64()));
+    }
+    let mut shown = 0u64;
+    block_on(client::stream_lines(&target.socket, &path, |line| {
+        let event: MonitorEvent =
+            serde_json::from_str(line).with_context(|| format!("an event line: {line}"))?;
+        let wanted = (!args.drops || event.kind != "audit")
+            && args.pod.as_deref().is_none_or(|pod| {
+                event.kind == "lost"
+                    || event.pod.as_deref() == Some(pod)
+                    || event.peer.as_deref() == Some(pod)
+            });
+        if wanted {
+            match target.output {
+                Output::Json => print(&format!("{line}\n")),
+                Output::Table => print(&format!("{}\n", render_event(&event))),
+            }
+            shown += 1;
+        }
+        Ok(args.max_events.is_none_or(|max| shown < max))
+    }))?;
+    Ok(true)
+}
+
+fn render_event(event: &MonitorEvent) -> String {
+    if event.kind == "lost" {
+        return format!(
+            "-- {} events missed: this terminal read too slowly --",
+            event.count
+        );
+    }
+    let clock = event
+        .time
+        .split('.')
+        .next()
+        .and_then(|seconds| seconds.parse::<u64>().ok())
+        .map(|seconds| {
+            let day = seconds % 86_400;
+            let millis = event.time.split('.').nth(1).unwrap_or("000");
+            format!(
+                "{:02}:{:02}:{:02}.{millis}",
+                day / 3600,
+                day / 60 % 60,
+                day % 60
+            )
+        })
+        .unwrap_or_default();
+    let end = |ip: Option<IpAddr>, port: u16, pod: Option<&String>| {
+        let address = ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "?".to_owned());
+        let address = if port == 0 {
+            address
+        } else {
+            format!("{address}:{port}")
+        };
+        match pod {
+            Some(pod) => format!("{pod} ({address})"),
+            None => address,
+        }
+    };
+    let (source_pod, destination_pod) = if event.direction == "ingress" {
+        (event.peer.as_ref(), event.pod.as_ref())
+    } else {
+        (event.pod.as_ref(), event.peer.as_ref())
+    };
+    let protocol = match event.protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        132 => "sctp".to_owned(),
+        1 | 58 => "icmp".to_owned(),
+        other => format!("proto {other}"),
+    };
+    let mut line = format!(
+        "{clock} {} {} {} -> {} {protocol} reason={}",
+        event.kind.to_uppercase(),
+        event.direction,
+        end(event.src, event.sport, source_pod),
+        end(event.dst, event.dport, destination_pod),
+        event.reason
+    );
+    if !event.isolated_by.is_empty() {
+        line.push_str(&format!(" isolated by {}", event.isolated_by.join(",")));
+    }
+    line
+}
+
+/// `bpf_ktime_get_ns`'s clock.
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime only writes the struct passed in.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
+}
