@@ -72,13 +72,25 @@ fn explain(agent: &Agent, probe: &Probe) -> (serde_json::Value, i32) {
 }
 
 #[test]
-fn explain_agrees_with_real_probes_through_the_seed_scenarios() {
-    if !require_root("explain_agrees_with_real_probes_through_the_seed_scenarios") {
+fn explain_agrees_with_real_probes_through_the_seed_scenarios_on_ebpf() {
+    if !require_root("explain_agrees_with_real_probes_through_the_seed_scenarios_on_ebpf") {
         return;
     }
+    explain_agrees_with_real_probes(&[]);
+}
+
+#[test]
+fn explain_agrees_with_real_probes_through_the_seed_scenarios_on_iptables() {
+    if !require_root("explain_agrees_with_real_probes_through_the_seed_scenarios_on_iptables") {
+        return;
+    }
+    explain_agrees_with_real_probes(&["--backend", "iptables"]);
+}
+
+fn explain_agrees_with_real_probes(flags: &[&str]) {
     let world = World::build();
     let objects = ObjectsDir::new("debug-explain");
-    let agent = start_agent(&world, &objects, &[], None);
+    let agent = start_agent(&world, &objects, flags, None);
     let mut checked = 0;
     for scenario in scenarios::scenarios() {
         for step in &scenario.steps {
@@ -106,7 +118,7 @@ fn explain_agrees_with_real_probes_through_the_seed_scenarios() {
             }
         }
     }
-    println!("explain agreed with {checked} real probes");
+    println!("explain agreed with {checked} real probes ({flags:?})");
 }
 
 #[test]
@@ -218,6 +230,30 @@ fn status_endpoints_and_maps_name_the_pods_and_policies() {
             })
         }),
         "{ipcache:#}"
+    );
+    // busybox-access reached nginx in the step: its connection is tracked, with the rule.
+    let connections = agent
+        .debug(&[
+            "ct",
+            "list",
+            "--pod",
+            "default/busybox-access",
+            "-o",
+            "json",
+        ])
+        .expect("ct list runs");
+    let connections = connections.json().expect("ct JSON");
+    println!("$ netpol-agent ct list --pod default/busybox-access -o json\n{connections:#}");
+    assert!(
+        connections
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|row| {
+                row["destination_pod"] == "default/nginx"
+                    && row["rule_name"]
+                        .as_str()
+                        .is_some_and(|rule| rule.starts_with("default/access-nginx ingress[0]"))
+            })),
+        "{connections:#}"
     );
     for map in ["endpoints", "services", "conntrack", "config", "counters"] {
         let dump = agent
@@ -420,4 +456,81 @@ fn monitor_streams_named_drops_to_every_subscriber_and_a_stuck_one_hurts_nobody(
         netpol_tests::objects::metric(&metrics, "netpol_monitor_events_lost_total") > 0.0,
         "{metrics}"
     );
+}
+
+/// The iptables backend: its chains and sets dumped with names, and a set member removed
+/// behind the agent's back reported as drift.
+#[test]
+fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
+    if !require_root("iptables_chains_are_named_and_a_removed_set_member_is_drift") {
+        return;
+    }
+    let world = World::build();
+    let objects = ObjectsDir::new("debug-iptables");
+    let agent = start_agent(&world, &objects, &["--backend", "iptables"], None);
+    let step = &scenarios::scenarios()[0].steps[1];
+    let result = play_step(&world, &objects.0, step, STEP_TIMEOUT).expect("the step runs");
+    assert!(result.ok(), "{}", result.table());
+    let status = agent.debug(&["status", "-o", "json"]).expect("status runs");
+    assert_eq!(status.json().expect("JSON")["backend"], "iptables");
+    let chains = agent.debug(&["maps", "dump", "chains"]).expect("dump runs");
+    assert_eq!(chains.code, 0, "{chains:?}");
+    assert!(
+        chains
+            .stdout
+            .contains("default/access-nginx ingress[0].from[0].ports[*]")
+            && chains
+                .stdout
+                .contains("pods access=true in namespace default"),
+        "{}",
+        chains.stdout
+    );
+    let sets = agent
+        .debug(&["maps", "dump", "ipsets", "-o", "json"])
+        .expect("dump runs")
+        .json()
+        .expect("JSON");
+    let member = sets
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|row| row["pod"] == "default/busybox-access")
+        })
+        .unwrap_or_else(|| panic!("busybox-access is a set member: {sets:#}"))
+        .clone();
+    let probe = result
+        .rows
+        .iter()
+        .find(|(probe, expected, _)| *expected && matches!(probe.from, From::Pod("busybox-access")))
+        .map(|(probe, ..)| *probe)
+        .expect("busybox-access reaches nginx");
+    let (before, code) = explain(&agent, &probe);
+    assert_eq!(
+        (before["drift"].as_bool(), code),
+        (Some(false), 0),
+        "{before:#}"
+    );
+
+    let set = member["set"].as_str().expect("a set name");
+    let entry = member["entry"].as_str().expect("an entry");
+    let removed = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            world.node.node.name(),
+            "ipset",
+            "del",
+            set,
+            entry,
+        ])
+        .status()
+        .expect("ipset runs");
+    assert!(removed.success());
+    let (after, code) = explain(&agent, &probe);
+    assert_eq!(after["drift"], true, "{after:#}");
+    assert_eq!(
+        after["ingress"]["datapath"]["verdict"], "denied",
+        "{after:#}"
+    );
+    assert_eq!(code, 1);
 }

@@ -64,6 +64,8 @@ pub enum Command {
     Maps(crate::debug::MapsArgs),
     /// Drop and audit events as they happen, with pod and policy names.
     Monitor(crate::debug::MonitorArgs),
+    /// The datapath's connection tracking.
+    Ct(crate::debug::CtArgs),
 }
 
 #[derive(clap::Args, Debug)]

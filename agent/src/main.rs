@@ -30,6 +30,13 @@ fn main() -> std::process::ExitCode {
         Command::Endpoints(target) => debug_answer(debug::endpoints(&target)),
         Command::Explain(args) => debug_answer(debug::explain(&args)),
         Command::Monitor(args) => debug_answer(debug::monitor(&args)),
+        Command::Ct(args) => match args.action {
+            debug::CtAction::List {
+                pod,
+                numeric,
+                target,
+            } => debug_answer(debug::ct_list(pod.as_deref(), numeric, &target)),
+        },
         Command::Maps(args) => match args.action {
             debug::MapsAction::Dump {
                 map,

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod datapath;
+pub mod iptables;
 pub mod report;
 mod table;
 
@@ -18,6 +19,10 @@ use std::{
 
 use agent_common::{
     addr::Addr,
+    conntrack::{
+        CT_CLOSING, CT_EGRESS_ALLOWED, CT_EGRESS_DEFERRED, CT_FIN_ORIGINAL, CT_FIN_REPLY,
+        CT_INGRESS_ALLOWED, CT_SEEN_REPLY,
+    },
     endpoint::{FLAG_AUDIT, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED, FLAG_NOT_PROGRAMMED},
     policy::{DIR_EGRESS, PREFIX_ANY_PORT, PREFIX_FULL},
 };
@@ -32,6 +37,7 @@ use crate::{
 use self::{
     client::Unreachable,
     datapath::KernelState,
+    iptables::{IptablesState, RuleVerdict},
     report::{
         DatapathSide, EndpointReport, ExplainReport, ExplainSide, Isolation, MapStatus, Reference,
         ReferenceSide, StatusReport,
@@ -129,6 +135,27 @@ pub enum MapsAction {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct CtArgs {
+    #[command(subcommand)]
+    pub action: CtAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CtAction {
+    /// The tracked connections: ends (named), age, state, and the rule that admitted them.
+    List {
+        /// Only connections of this pod (`namespace/name`), at either end.
+        #[arg(long)]
+        pod: Option<String>,
+        /// Raw values only.
+        #[arg(long)]
+        numeric: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 pub struct MonitorArgs {
     /// Drops only (no audit events).
     #[arg(long)]
@@ -178,6 +205,10 @@ pub enum MapName {
     Conntrack,
     Config,
     Counters,
+    /// The iptables backend's `NP-` chains.
+    Chains,
+    /// The iptables backend's `np-` ipsets.
+    Ipsets,
 }
 
 /// What a command found: whether its answer is a healthy one (the exit code).
@@ -553,12 +584,12 @@ pub fn explain(args: &ExplainArgs) -> Result<Healthy> {
             ),
             Some(_) => None,
         };
-        let kernel = KernelState::read(&target.pin_dir)?;
+        let installed = Installed::read(&target.pin_dir)?;
         Ok(build_explain(
             flow,
             &args.protocol,
             reference,
-            &kernel,
+            &installed,
             &source,
         ))
     })?;
@@ -582,18 +613,57 @@ fn resolve(text: &str, names: &Names) -> Result<IpAddr> {
     bail!("{text:?} is neither an address nor namespace/pod")
 }
 
-fn build_explain(
-    flow: Flow,
-    protocol: &Protocol,
-    reference: Option<Reference>,
+/// The datapath as installed on this node, read back.
+enum Installed {
+    Ebpf(Box<KernelState>),
+    Iptables(IptablesState),
+}
+
+impl Installed {
+    /// The eBPF maps pinned in `pin_dir`, else our iptables chains; an error when neither is
+    /// there.
+    fn read(pin_dir: &Path) -> Result<Self> {
+        let ebpf = match KernelState::read(pin_dir) {
+            Ok(kernel) => return Ok(Self::Ebpf(Box::new(kernel))),
+            Err(error) => error,
+        };
+        match IptablesState::read() {
+            Ok(rules) if rules.installed() => Ok(Self::Iptables(rules)),
+            Ok(_) => Err(ebpf.context("and no iptables chain of the agent is installed either")),
+            Err(error) => {
+                Err(ebpf.context(format!("and iptables cannot be read either: {error:#}")))
+            }
+        }
+    }
+}
+
+/// One side as the installed datapath decides it.
+struct Decided {
+    side: DatapathSide,
+    /// Whether this node enforces the side.
+    local: bool,
+    allowed: bool,
+}
+
+fn ebpf_sides(
+    flow: &Flow,
     kernel: &KernelState,
-    source: &NameSource,
-) -> ExplainReport {
-    let names = &source.names;
-    let looked_up = lookup(&kernel.state, &flow);
-    let datapath_side = |verdict: PathVerdict| {
+    names: &Names,
+    notes: &mut Vec<String>,
+) -> [Decided; 2] {
+    let looked_up = lookup(&kernel.state, flow);
+    if kernel.enforcement_off() {
+        notes.push("enforcement is OFF (disable_network_policy): the programs pass every packet whatever the maps say".to_owned());
+    }
+    if kernel.is_service(Addr::from(flow.dst)) {
+        notes.push(format!(
+            "{} is a Service address: egress to a Service is decided after DNAT; explain the backend pod instead",
+            flow.dst
+        ));
+    }
+    let decide = |verdict: PathVerdict, address: IpAddr, end: &str, notes: &mut Vec<String>| {
         let mut side = DatapathSide::default();
-        let (verdict_name, endpoint, set, class, rule) = match verdict {
+        let (name, endpoint, set, class, rule) = match verdict {
             PathVerdict::NotEndpoint => ("not_endpoint", None, None, None, None),
             PathVerdict::NotIsolated { endpoint } => {
                 ("not_isolated", Some(endpoint), None, None, None)
@@ -616,79 +686,155 @@ fn build_explain(
                 class,
             } => ("denied", Some(endpoint), Some(set), Some(class), None),
         };
-        side.verdict = verdict_name.to_owned();
+        side.verdict = name.to_owned();
         side.endpoint = endpoint.map(|id| names.endpoint(id));
         side.set = set;
         side.class = class;
         side.class_name = class.map(|class| names.class(class));
         side.rule = rule;
         side.rule_name = rule.map(|rule| names.rule(rule));
-        side
-    };
-    let side =
-        |direction: &str, ip: IpAddr, verdict: PathVerdict, reference: Option<ReferenceSide>| {
-            let datapath = datapath_side(verdict);
-            let local = verdict.enforced();
-            let agree = reference.as_ref().map(|reference| {
-                reference.local == local && (!local || reference.allowed == verdict.allowed())
-            });
-            ExplainSide {
-                direction: direction.to_owned(),
-                pod: reference
-                    .as_ref()
-                    .and_then(|reference| reference.pod.clone())
-                    .or_else(|| names.pod_at(ip).map(str::to_owned)),
-                local,
-                reference,
-                datapath: Some(datapath),
-                agree,
-            }
-        };
-    let (egress_reference, ingress_reference) = match reference {
-        Some(reference) => (Some(reference.egress), Some(reference.ingress)),
-        None => (None, None),
-    };
-    let egress = side("egress", flow.src, looked_up.egress, egress_reference);
-    let ingress = side("ingress", flow.dst, looked_up.ingress, ingress_reference);
-    let mut notes = Vec::new();
-    if let Some(caveat) = &source.caveat {
-        notes.push(format!("only the datapath's answer: {caveat}"));
-    }
-    if kernel.enforcement_off() {
-        notes.push("enforcement is OFF (disable_network_policy): the programs pass every packet whatever the maps say".to_owned());
-    }
-    if kernel.is_service(Addr::from(flow.dst)) {
-        notes.push(format!(
-            "{} is a Service address: egress to a Service is decided after DNAT; explain the backend pod instead",
-            flow.dst
-        ));
-    }
-    for (side, verdict) in [
-        ("source", looked_up.egress),
-        ("destination", looked_up.ingress),
-    ] {
-        let endpoint = match verdict {
-            PathVerdict::NotEndpoint => None,
-            PathVerdict::NotIsolated { endpoint }
-            | PathVerdict::Allowed { endpoint, .. }
-            | PathVerdict::Denied { endpoint, .. } => Some(endpoint),
-        };
-        let address = if side == "source" { flow.src } else { flow.dst };
         let flags = kernel
             .state
             .endpoints
             .get(&Addr::from(address))
             .map(|endpoint| endpoint.flags)
             .unwrap_or(0);
-        if endpoint.is_some() && flags & FLAG_NOT_PROGRAMMED != 0 {
-            notes.push(format!("the {side} is written NOT PROGRAMMED: a write for it failed, so everything new is denied until it succeeds"));
+        if flags & FLAG_NOT_PROGRAMMED != 0 {
+            notes.push(format!("the {end} is written NOT PROGRAMMED: a write for it failed, so everything new is denied until it succeeds"));
         }
-        if endpoint.is_some() && flags & FLAG_AUDIT != 0 {
+        if flags & FLAG_AUDIT != 0 {
             notes.push(format!(
-                "the {side} is in audit mode: denials are reported, not enforced"
+                "the {end} is in audit mode: denials are reported, not enforced"
             ));
         }
+        Decided {
+            side,
+            local: verdict.enforced(),
+            allowed: kernel.enforcement_off() || verdict.allowed(),
+        }
+    };
+    [
+        decide(looked_up.egress, flow.src, "source", notes),
+        decide(looked_up.ingress, flow.dst, "destination", notes),
+    ]
+}
+
+fn iptables_sides(
+    flow: &Flow,
+    rules: &IptablesState,
+    names: &Names,
+    reference: Option<&Reference>,
+    notes: &mut Vec<String>,
+) -> [Decided; 2] {
+    let (egress, ingress) = rules.verdicts(flow);
+    let local_pods: std::collections::BTreeSet<&String> = names.endpoints.values().collect();
+    let decide = |verdict: RuleVerdict,
+                  address: IpAddr,
+                  reference: Option<&ReferenceSide>,
+                  notes: &mut Vec<String>| {
+        let mut side = DatapathSide::default();
+        let name = match &verdict {
+            RuleVerdict::NotIsolated => "not_isolated",
+            RuleVerdict::EnforcementOff => {
+                notes.push(
+                    "enforcement is OFF (disable_network_policy): the chains return first"
+                        .to_owned(),
+                );
+                "enforcement_off"
+            }
+            RuleVerdict::AfterDnat => {
+                notes.push(format!(
+                    "{} is a Service address: egress to a Service is decided after DNAT; explain the backend pod instead",
+                    flow.dst
+                ));
+                "after_dnat"
+            }
+            RuleVerdict::Allowed { rule, .. } => {
+                side.rule = *rule;
+                side.rule_name = rule.map(|rule| names.rule(rule));
+                "allowed"
+            }
+            RuleVerdict::Denied { .. } => "denied",
+            RuleVerdict::NotUnderstood { chain, rule } => {
+                notes.push(format!(
+                    "a rule of {chain} is not one this reader understands: {rule}"
+                ));
+                "not_understood"
+            }
+        };
+        side.verdict = name.to_owned();
+        let pod = names.pod_at(address).map(str::to_owned);
+        let dispatched = !matches!(verdict, RuleVerdict::NotIsolated);
+        let local = reference
+            .map(|reference| reference.local)
+            .unwrap_or_else(|| {
+                dispatched || pod.as_ref().is_some_and(|pod| local_pods.contains(pod))
+            });
+        side.endpoint = if local { pod } else { None };
+        Decided {
+            side,
+            local,
+            allowed: verdict.allowed(),
+        }
+    };
+    [
+        decide(
+            egress,
+            flow.src,
+            reference.map(|reference| &reference.egress),
+            notes,
+        ),
+        decide(
+            ingress,
+            flow.dst,
+            reference.map(|reference| &reference.ingress),
+            notes,
+        ),
+    ]
+}
+
+fn build_explain(
+    flow: Flow,
+    protocol: &Protocol,
+    reference: Option<Reference>,
+    installed: &Installed,
+    source: &NameSource,
+) -> ExplainReport {
+    let names = &source.names;
+    let mut notes = Vec::new();
+    if let Some(caveat) = &source.caveat {
+        notes.push(format!("only the datapath's answer: {caveat}"));
     }
+    let [egress_decided, ingress_decided] = match installed {
+        Installed::Ebpf(kernel) => ebpf_sides(&flow, kernel, names, &mut notes),
+        Installed::Iptables(rules) => {
+            iptables_sides(&flow, rules, names, reference.as_ref(), &mut notes)
+        }
+    };
+    let allowed = egress_decided.allowed && ingress_decided.allowed;
+    let side = |direction: &str, ip: IpAddr, decided: Decided, reference: Option<ReferenceSide>| {
+        let agree = reference.as_ref().map(|reference| {
+            reference.local == decided.local
+                && (!decided.local || reference.allowed == decided.allowed)
+        });
+        ExplainSide {
+            direction: direction.to_owned(),
+            pod: reference
+                .as_ref()
+                .and_then(|reference| reference.pod.clone())
+                .or_else(|| names.pod_at(ip).map(str::to_owned)),
+            local: decided.local,
+            reference,
+            datapath: Some(decided.side),
+            agree,
+        }
+    };
+    let (egress_reference, ingress_reference) = match reference {
+        Some(reference) => (Some(reference.egress), Some(reference.ingress)),
+        None => (None, None),
+    };
+    let egress = side("egress", flow.src, egress_decided, egress_reference);
+    let ingress = side("ingress", flow.dst, ingress_decided, ingress_reference);
     let drift = [&egress, &ingress]
         .iter()
         .any(|side| side.agree == Some(false));
@@ -697,7 +843,7 @@ fn build_explain(
         to: flow.dst,
         protocol: format!("{protocol:?}").to_lowercase(),
         port: flow.port,
-        allowed: kernel.enforcement_off() || looked_up.allowed(),
+        allowed,
         egress,
         ingress,
         drift,
@@ -778,19 +924,124 @@ fn render_explain(report: &ExplainReport) -> String {
 
 /// `netpol-agent maps dump MAP`.
 pub fn dump(map: MapName, numeric: bool, target: &Target) -> Result<Healthy> {
-    let (source, kernel) = block_on(async {
+    let (source, installed) = block_on(async {
         let source = names(target).await?;
-        Ok((source, KernelState::read(&target.pin_dir)?))
+        Ok((source, Installed::read(&target.pin_dir)?))
     })?;
     let names = if numeric {
         &Names::default()
     } else {
         &source.names
     };
-    let table = match map {
-        MapName::Endpoints => dump_endpoints(&kernel, names, numeric),
-        MapName::Ipcache => dump_ipcache(&kernel, names, numeric),
-        MapName::Policy => dump_policy(&kernel, names, numeric),
+    let table = match installed {
+        Installed::Ebpf(kernel) => dump_ebpf(map, &kernel, names, numeric)?,
+        Installed::Iptables(rules) => dump_iptables(map, &rules, names, numeric)?,
+    };
+    match target.output {
+        Output::Json => print_json(&table.to_json())?,
+        Output::Table => {
+            if let Some(caveat) = &source.caveat
+                && !numeric
+            {
+                print(&format!("# {caveat}\n"));
+            }
+            print(&table.render());
+        }
+    }
+    Ok(true)
+}
+
+/// The iptables backend's equivalent of the maps: its chains and its sets.
+fn dump_iptables(
+    map: MapName,
+    rules: &IptablesState,
+    names: &Names,
+    numeric: bool,
+) -> Result<Table> {
+    // `np-4<class hex>-<hash>`: the class a set holds.
+    let class_of = |set: &str| {
+        set.strip_prefix("np-")
+            .and_then(|rest| rest.get(1..))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+    };
+    match map {
+        MapName::Chains => {
+            let mut columns = vec!["family", "table", "chain", "index", "rule"];
+            if !numeric {
+                columns.extend(["rule_name", "peer"]);
+            }
+            let mut table = Table::new(&columns);
+            for ((family, saved_table), saved) in &rules.tables {
+                for (chain, chain_rules) in saved.ours() {
+                    for (index, (_, rule)) in chain_rules.iter().enumerate() {
+                        let mut row = vec![
+                            format!("{family:?}").to_lowercase(),
+                            saved_table.name().to_owned(),
+                            chain.clone(),
+                            index.to_string(),
+                            rule.clone(),
+                        ];
+                        if !numeric {
+                            let rule_name = crate::backend::iptables::tools::comment(rule)
+                                .and_then(|comment| comment.strip_prefix("np-rule-"))
+                                .and_then(|id| id.parse().ok())
+                                .map(|id| names.rule(id))
+                                .unwrap_or_else(|| "-".to_owned());
+                            let peer = rule
+                                .split_whitespace()
+                                .skip_while(|word| *word != "--match-set")
+                                .nth(1)
+                                .and_then(class_of)
+                                .map(|class| names.class(class))
+                                .unwrap_or_else(|| "-".to_owned());
+                            row.extend([rule_name, peer]);
+                        }
+                        table.row(row);
+                    }
+                }
+            }
+            Ok(table)
+        }
+        MapName::Ipsets => {
+            let mut columns = vec!["set", "entry", "nomatch"];
+            if !numeric {
+                columns.extend(["pod", "class"]);
+            }
+            let mut table = Table::new(&columns);
+            for (set, entries) in &rules.sets {
+                for (prefix, nomatch) in entries {
+                    let mut row = vec![set.clone(), prefix.to_string(), nomatch.to_string()];
+                    if !numeric {
+                        let pod = prefix
+                            .is_host()
+                            .then(|| prefix.addr.to_ip())
+                            .flatten()
+                            .and_then(|ip| names.pod_at(ip))
+                            .unwrap_or("-")
+                            .to_owned();
+                        let class = class_of(set)
+                            .map(|class| names.class(class))
+                            .unwrap_or_else(|| "-".to_owned());
+                        row.extend([pod, class]);
+                    }
+                    table.row(row);
+                }
+            }
+            Ok(table)
+        }
+        other => bail!(
+            "the iptables backend is in use on this node: it has no {other:?} map; dump `chains` or `ipsets`"
+        ),
+    }
+}
+
+/// One eBPF map.
+fn dump_ebpf(map: MapName, kernel: &KernelState, names: &Names, numeric: bool) -> Result<Table> {
+    Ok(match map {
+        MapName::Endpoints => dump_endpoints(kernel, names, numeric),
+        MapName::Ipcache => dump_ipcache(kernel, names, numeric),
+        MapName::Policy => dump_policy(kernel, names, numeric),
         MapName::Services => {
             let mut table = Table::new(&["prefix"]);
             for (addr, len) in &kernel.services {
@@ -798,7 +1049,7 @@ pub fn dump(map: MapName, numeric: bool, target: &Target) -> Result<Healthy> {
             }
             table
         }
-        MapName::Conntrack => dump_conntrack(&kernel, names, numeric)?,
+        MapName::Conntrack => dump_conntrack(kernel, names, numeric, None)?,
         MapName::Config => {
             let config = kernel.config;
             let mut table = Table::new(&["field", "value"]);
@@ -847,19 +1098,10 @@ pub fn dump(map: MapName, numeric: bool, target: &Target) -> Result<Healthy> {
             }
             table
         }
-    };
-    match target.output {
-        Output::Json => print_json(&table.to_json())?,
-        Output::Table => {
-            if let Some(caveat) = &source.caveat
-                && !numeric
-            {
-                print(&format!("# {caveat}\n"));
-            }
-            print(&table.render());
-        }
-    }
-    Ok(true)
+        MapName::Chains | MapName::Ipsets => bail!(
+            "the eBPF backend is in use on this node: chains and ipsets are the iptables backend's"
+        ),
+    })
 }
 
 fn prefix_text(addr: Addr, len: u32) -> String {
@@ -994,13 +1236,20 @@ fn dump_policy(kernel: &KernelState, names: &Names, numeric: bool) -> Table {
     table
 }
 
-fn dump_conntrack(kernel: &KernelState, names: &Names, numeric: bool) -> Result<Table> {
+/// The connection table; `pod` keeps the connections with that pod at either end.
+fn dump_conntrack(
+    kernel: &KernelState,
+    names: &Names,
+    numeric: bool,
+    pod: Option<&str>,
+) -> Result<Table> {
     let now_ns = monotonic_ns();
     let mut columns = vec![
         "source",
         "destination",
         "protocol",
         "age_s",
+        "state",
         "flags",
         "rule",
     ];
@@ -1008,32 +1257,63 @@ fn dump_conntrack(kernel: &KernelState, names: &Names, numeric: bool) -> Result<
         columns.extend(["source_pod", "destination_pod", "rule_name"]);
     }
     let mut table = Table::new(&columns);
-    for (key, entry) in kernel.connections()? {
+    let mut connections = kernel.connections()?;
+    connections.sort_by_key(|(key, _)| (key.src, key.dst, key.sport, key.dport));
+    for (key, entry) in connections {
         let src = key.src.to_ip();
         let dst = key.dst.to_ip();
+        let pod_at = |ip: Option<IpAddr>| ip.and_then(|ip| names.pod_at(ip));
+        if let Some(pod) = pod
+            && pod_at(src) != Some(pod)
+            && pod_at(dst) != Some(pod)
+        {
+            continue;
+        }
+        // Programs on other CPUs may have stamped a time after `now`: age 0.
         let age = now_ns.saturating_sub(entry.last_seen_ns) as f64 / 1e9;
+        let end = |ip: Option<IpAddr>, port: u16| {
+            format!("{}:{port}", ip.map(|ip| ip.to_string()).unwrap_or_default())
+        };
+        let state = if entry.flags & CT_CLOSING != 0 {
+            "closing"
+        } else if entry.flags & CT_SEEN_REPLY != 0 {
+            "established"
+        } else {
+            "opening"
+        };
+        let flags = if numeric {
+            format!("{:#x}", entry.flags)
+        } else {
+            let named: Vec<&str> = [
+                (CT_EGRESS_ALLOWED, "egress-allowed"),
+                (CT_INGRESS_ALLOWED, "ingress-allowed"),
+                (CT_EGRESS_DEFERRED, "egress-after-dnat"),
+                (CT_FIN_ORIGINAL, "fin-original"),
+                (CT_FIN_REPLY, "fin-reply"),
+            ]
+            .into_iter()
+            .filter(|(bit, _)| entry.flags & bit != 0)
+            .map(|(_, name)| name)
+            .collect();
+            if named.is_empty() {
+                "-".to_owned()
+            } else {
+                named.join(",")
+            }
+        };
         let mut row = vec![
-            format!(
-                "{}:{}",
-                src.map(|ip| ip.to_string()).unwrap_or_default(),
-                key.sport
-            ),
-            format!(
-                "{}:{}",
-                dst.map(|ip| ip.to_string()).unwrap_or_default(),
-                key.dport
-            ),
+            end(src, key.sport),
+            end(dst, key.dport),
             key.protocol.to_string(),
             format!("{age:.1}"),
-            format!("{:#x}", entry.flags),
+            state.to_owned(),
+            flags,
             entry.rule.to_string(),
         ];
         if !numeric {
-            let pod =
-                |ip: Option<IpAddr>| ip.and_then(|ip| names.pod_at(ip)).unwrap_or("-").to_owned();
             row.extend([
-                pod(src),
-                pod(dst),
+                pod_at(src).unwrap_or("-").to_owned(),
+                pod_at(dst).unwrap_or("-").to_owned(),
                 if entry.rule == 0 {
                     "-".to_owned()
                 } else {
@@ -1044,6 +1324,35 @@ fn dump_conntrack(kernel: &KernelState, names: &Names, numeric: bool) -> Result<
         table.row(row);
     }
     Ok(table)
+}
+
+/// `netpol-agent ct list`: the connections the eBPF datapath tracks, named.
+pub fn ct_list(pod: Option<&str>, numeric: bool, target: &Target) -> Result<Healthy> {
+    let (source, kernel) = block_on(async {
+        let source = names(target).await?;
+        let kernel = KernelState::read(&target.pin_dir).context(
+            "connection tracking of the iptables backend is the kernel's own (conntrack -L)",
+        )?;
+        Ok((source, kernel))
+    })?;
+    let names = if numeric {
+        &Names::default()
+    } else {
+        &source.names
+    };
+    let table = dump_conntrack(&kernel, names, numeric, pod)?;
+    match target.output {
+        Output::Json => print_json(&table.to_json())?,
+        Output::Table => {
+            if let Some(caveat) = &source.caveat
+                && !numeric
+            {
+                print(&format!("# {caveat}\n"));
+            }
+            print(&table.render());
+        }
+    }
+    Ok(true)
 }
 
 /// `netpol-agent monitor`: the drop and audit events as they happen.
