@@ -1274,3 +1274,139 @@ fn a_reused_address_is_enforced_as_its_new_pod_from_the_first_packet() {
         "the new pod did not connect once allowed"
     );
 }
+
+/// The debug CLI as an operator reaches it, `kubectl exec` into the agent's pod: `status`
+/// shows the CNI chain and readiness, `explain` names the policy that denies a client and the
+/// rule that allows another (agreeing with real connections), and `monitor` shows the drop.
+#[test]
+#[ignore = "needs the real cluster (cargo xtask cluster up); cargo xtask test runs it"]
+fn the_debug_cli_explains_a_denial_through_kubectl_exec() {
+    const NAMESPACE: &str = "debug-cli";
+    let cluster = cluster();
+    cluster
+        .deploy_agent(Backend::Ebpf)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let _cleanup = Cleanup(move || {
+        RealCluster::connect()
+            .expect("cluster")
+            .delete("default", &[&format!("namespace/{NAMESPACE}")]);
+    });
+    cluster
+        .apply(&format!(
+            r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NAMESPACE}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-from-clients
+  namespace: {NAMESPACE}
+spec:
+  podSelector:
+    matchLabels: {{app: web}}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {{role: client}}
+    ports:
+    - port: 80
+"#
+        ))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let idle = ["sleep", "3600"];
+    cluster
+        .run_pod(NAMESPACE, "web", NGINX, Some("app=web"), &[])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    for (name, labels) in [("client", "role=client"), ("stranger", "role=other")] {
+        cluster
+            .run_pod(NAMESPACE, name, BUSYBOX, Some(labels), &idle)
+            .unwrap_or_else(|error| panic!("{error:#}"));
+    }
+    let web = cluster
+        .wait_running(NAMESPACE, "web")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let netpol = |args: &[&str]| -> String {
+        let mut command = vec![
+            "-n",
+            "kube-system",
+            "exec",
+            "ds/netpol-agent",
+            "--",
+            "netpol-agent",
+        ];
+        command.extend_from_slice(args);
+        cluster
+            .kubectl(&command)
+            .unwrap_or_else(|error| panic!("netpol-agent {args:?}: {error:#}"))
+    };
+
+    let status: serde_json::Value =
+        serde_json::from_str(&netpol(&["status", "-o", "json"])).expect("status JSON");
+    assert_eq!(status["ready"], true, "{status:#}");
+    assert_eq!(status["backend"], "ebpf", "{status:#}");
+    assert_eq!(status["cni_chained"], true, "{status:#}");
+    eprintln!("$ netpol-agent status\n{}", netpol(&["status"]));
+
+    // The CLI's verdicts, and real connections to compare them with.
+    for (client, allowed) in [("client", true), ("stranger", false)] {
+        let from = format!("{NAMESPACE}/{client}");
+        let to = format!("{NAMESPACE}/web");
+        let report: serde_json::Value = serde_json::from_str(&netpol(&[
+            "explain", "--from", &from, "--to", &to, "--port", "80", "-o", "json",
+        ]))
+        .expect("explain JSON");
+        assert_eq!(report["allowed"], allowed, "{report:#}");
+        assert_eq!(report["drift"], false, "{report:#}");
+        assert_eq!(
+            report["ingress"]["reference"]["isolated_by"][0],
+            format!("{NAMESPACE}/web-from-clients"),
+            "{report:#}"
+        );
+        let connected = cluster.pod_tcp_probe(NAMESPACE, client, &web, 80, HTTP_GET, "HTTP");
+        assert_eq!(connected, allowed, "a real connection from {client}");
+        eprintln!(
+            "$ netpol-agent explain --from {from} --to {to} --port 80\n{}",
+            netpol(&["explain", "--from", &from, "--to", &to, "--port", "80"])
+        );
+    }
+
+    // monitor, started before the denied attempt, shows it named.
+    let kubectl = xtask::cluster::kubectl();
+    let monitor = std::process::Command::new(&kubectl)
+        .args([
+            "-n",
+            "kube-system",
+            "exec",
+            "ds/netpol-agent",
+            "--",
+            "netpol-agent",
+        ])
+        .args([
+            "monitor",
+            "--drops",
+            "--pod",
+            &format!("{NAMESPACE}/web"),
+            "--max-events",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec starts");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!cluster.pod_tcp_probe(NAMESPACE, "stranger", &web, 80, HTTP_GET, "HTTP"));
+    let output = monitor
+        .wait_with_output()
+        .expect("monitor ends after one event");
+    let line = String::from_utf8_lossy(&output.stdout);
+    eprintln!("$ netpol-agent monitor --drops --pod {NAMESPACE}/web\n{line}");
+    assert!(
+        line.contains("DROP ingress")
+            && line.contains(&format!("{NAMESPACE}/stranger"))
+            && line.contains(&format!("isolated by {NAMESPACE}/web-from-clients")),
+        "{line}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
