@@ -103,7 +103,10 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> Response {
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.render(),
     )
         .into_response()

@@ -6,12 +6,19 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
+    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, histogram::Histogram},
+    registry::Registry,
 };
 
 use crate::{
@@ -23,36 +30,9 @@ use crate::{
 /// Upper bounds (seconds) of the change-to-programmed latency histogram.
 const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-/// A histogram with fixed buckets.
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
+/// A histogram of [`LATENCY_BUCKETS`].
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Everything `/metrics` shows that the runtime knows (the datapath's counters come from the
@@ -67,7 +47,7 @@ pub struct Metrics {
     monitor_lost: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug)]
 struct Inner {
     backend: &'static str,
     objects: BTreeMap<&'static str, u64>,
@@ -94,6 +74,37 @@ struct Inner {
     last_programmed: Option<Instant>,
     /// The objects refused now, by (kind, object), with the first reason.
     rejected: BTreeMap<(&'static str, String), String>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            backend: "",
+            objects: BTreeMap::new(),
+            rejections: BTreeMap::new(),
+            source_problems: BTreeMap::new(),
+            endpoints: 0,
+            endpoints_without_interface: 0,
+            endpoints_not_enforced: BTreeMap::new(),
+            endpoints_selected: 0,
+            sources_failing: BTreeMap::new(),
+            service_ranges: 0,
+            dead: None,
+            not_ready_reason: String::new(),
+            switch_off_by_odd_value: 0,
+            programming_errors: BTreeMap::new(),
+            latency: latency_histogram(),
+            cni_requests: BTreeMap::new(),
+            cni_add: latency_histogram(),
+            cni_chained: None,
+            counters: Counters::default(),
+            usage: Vec::new(),
+            rule_names: BTreeMap::new(),
+            last_full_sync: None,
+            last_programmed: None,
+            rejected: BTreeMap::new(),
+        }
+    }
 }
 
 /// At most this many refused objects are listed by `status` (all are counted).
@@ -328,7 +339,7 @@ impl Metrics {
     }
 
     pub fn observe_latency(&self, latency: Duration) {
-        self.with(|inner| inner.latency.observe(latency));
+        self.with(|inner| inner.latency.observe(latency.as_secs_f64()));
     }
 
     /// A request of the CNI plugin (`add`, `del`, `check`, `add_timeout`).
@@ -338,7 +349,7 @@ impl Metrics {
 
     /// From a CNI ADD reaching the agent to its pod enforced (the pod start it costs).
     pub fn observe_cni_add(&self, latency: Duration) {
-        self.with(|inner| inner.cni_add.observe(latency));
+        self.with(|inner| inner.cni_add.observe(latency.as_secs_f64()));
     }
 
     /// Whether the node's CNI chain includes the plugin (`None`: not managed).
@@ -368,132 +379,342 @@ impl Metrics {
         self.events_lost.fetch_add(lost, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition of `/metrics` (OpenMetrics text, which Prometheus reads).
     pub fn render(&self) -> String {
+        let exposition = Exposition {
+            inner: self.with(|inner| inner.clone()),
+            ready: self.is_ready(),
+            enforcing: self.is_enforcing(),
+            events_seen: self.events_seen.load(Ordering::Relaxed),
+            events_lost: self.events_lost.load(Ordering::Relaxed),
+            monitor_lost: self.monitor_lost.load(Ordering::Relaxed),
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(exposition));
         let mut out = String::new();
-        let ready = u8::from(self.is_ready());
-        let enforcing = u8::from(self.is_enforcing());
-        self.with(|inner| {
-            gauge(&mut out, "netpol_ready", "1 while the node holds the desired state and every selected local pod is enforced.");
-            let _ = writeln!(out, "netpol_ready {ready}");
-            gauge(&mut out, "netpol_enforcement_enabled", "0 while disable_network_policy is set.");
-            let _ = writeln!(out, "netpol_enforcement_enabled {enforcing}");
-            gauge(&mut out, "netpol_backend_info", "The backend in use.");
-            let _ = writeln!(out, "netpol_backend_info{{backend=\"{}\"}} 1", inner.backend);
-
-            gauge(&mut out, "netpol_objects", "Cluster objects known, by kind.");
-            for (kind, count) in &inner.objects {
-                let _ = writeln!(out, "netpol_objects{{kind=\"{kind}\"}} {count}");
-            }
-            counter(&mut out, "netpol_rejected_objects_total", "Objects or parts rejected, by kind and reason.");
-            for ((kind, reason), count) in &inner.rejections {
-                let _ = writeln!(
-                    out,
-                    "netpol_rejected_objects_total{{kind=\"{kind}\",reason=\"{}\"}} {count}",
-                    escape(reason)
-                );
-            }
-            counter(&mut out, "netpol_source_problems_total", "Unreadable inputs and failed watches, by reason.");
-            for (reason, count) in &inner.source_problems {
-                let _ = writeln!(out, "netpol_source_problems_total{{reason=\"{reason}\"}} {count}");
-            }
-            counter(&mut out, "netpol_programming_errors_total", "Failed backend operations, by operation.");
-            for (what, count) in &inner.programming_errors {
-                let _ = writeln!(out, "netpol_programming_errors_total{{operation=\"{what}\"}} {count}");
-            }
-            gauge(&mut out, "netpol_source_failing_seconds", "How long the watch of a kind has been failing (kinds whose watch works are absent).");
-            for (kind, (failing, _)) in &inner.sources_failing {
-                let _ = writeln!(out, "netpol_source_failing_seconds{{kind=\"{}\"}} {}", kind.name(), failing.as_secs());
-            }
-            gauge(&mut out, "netpol_service_ranges", "Service ranges (flags) and Service addresses (learned) whose egress is judged after DNAT.");
-            let _ = writeln!(out, "netpol_service_ranges {}", inner.service_ranges);
-            gauge(&mut out, "netpol_endpoints", "Local pods enforced on this node.");
-            let _ = writeln!(out, "netpol_endpoints {}", inner.endpoints);
-            gauge(&mut out, "netpol_endpoints_not_enforced", "Selected local pods not enforced as their policies say, by reason (not_programmed pods are denied everything).");
-            for reason in NotEnforced::ALL {
-                let count = inner.endpoints_not_enforced.get(&reason).copied().unwrap_or(0);
-                let _ = writeln!(out, "netpol_endpoints_not_enforced{{reason=\"{}\"}} {count}", reason.name());
-            }
-            counter(&mut out, "netpol_switch_off_by_odd_value_total", "Times disable_network_policy turned enforcement off with a value other than \"true\" or \"1\".");
-            let _ = writeln!(out, "netpol_switch_off_by_odd_value_total {}", inner.switch_off_by_odd_value);
-            gauge(&mut out, "netpol_endpoints_without_interface", "Local pods whose host interface was not found.");
-            let _ = writeln!(out, "netpol_endpoints_without_interface {}", inner.endpoints_without_interface);
-
-            gauge(&mut out, "netpol_map_entries", "Entries per datapath map.");
-            for usage in &inner.usage {
-                let _ = writeln!(out, "netpol_map_entries{{map=\"{}\"}} {}", usage.name, usage.entries);
-            }
-            gauge(&mut out, "netpol_map_capacity", "Capacity per datapath map.");
-            for usage in &inner.usage {
-                let _ = writeln!(out, "netpol_map_capacity{{map=\"{}\"}} {}", usage.name, usage.capacity);
-            }
-
-            counter(&mut out, "netpol_denied_packets_total", "Packets dropped (or audited), by reason and direction.");
-            for ((reason, direction), count) in &inner.counters.drops {
-                let _ = writeln!(
-                    out,
-                    "netpol_denied_packets_total{{reason=\"{reason}\",direction=\"{direction}\"}} {}",
-                    count.packets
-                );
-            }
-            counter(&mut out, "netpol_allowed_packets_total", "Packets allowed, by policy rule and direction.");
-            for (rule, count) in &inner.counters.rules {
-                let labels = inner.rule_names.get(rule);
-                let (policy, direction, name) = labels
-                    .map(|labels| (labels.policy.as_str(), labels.direction, labels.rule.as_str()))
-                    .unwrap_or(("", "", ""));
-                let _ = writeln!(
-                    out,
-                    "netpol_allowed_packets_total{{policy=\"{}\",direction=\"{direction}\",rule=\"{}\",rule_id=\"{rule}\"}} {}",
-                    escape(policy),
-                    escape(name),
-                    count.packets
-                );
-            }
-
-            counter(&mut out, "netpol_events_total", "Drop and audit events read from the datapath.");
-            let _ = writeln!(out, "netpol_events_total {}", self.events_seen.load(Ordering::Relaxed));
-            counter(&mut out, "netpol_events_lost_total", "Events the datapath could not deliver (buffer full).");
-            let _ = writeln!(out, "netpol_events_lost_total {}", self.events_lost.load(Ordering::Relaxed));
-            counter(&mut out, "netpol_monitor_events_lost_total", "Events `netpol-agent monitor` subscribers missed because they read too slowly.");
-            let _ = writeln!(out, "netpol_monitor_events_lost_total {}", self.monitor_lost.load(Ordering::Relaxed));
-
-            inner.latency.render(
-                &mut out,
-                "netpol_change_to_programmed_seconds",
-                "From an object change reaching the agent to the datapath programmed.",
-            );
-            counter(&mut out, "netpol_cni_requests_total", "Requests of the chained CNI plugin, by operation (add_timeout: an ADD whose pod was not enforced in time).");
-            for (what, count) in &inner.cni_requests {
-                let _ = writeln!(out, "netpol_cni_requests_total{{operation=\"{what}\"}} {count}");
-            }
-            inner.cni_add.render(
-                &mut out,
-                "netpol_cni_add_to_enforced_seconds",
-                "From a CNI ADD reaching the agent to its pod enforced: what holding a pod's start costs.",
-            );
-            if let Some(chained) = inner.cni_chained {
-                gauge(&mut out, "netpol_cni_chained", "1 while the node's CNI configuration includes the netpol-cni plugin.");
-                let _ = writeln!(out, "netpol_cni_chained {}", u8::from(chained));
-            }
-        });
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(%error, "encoding the metrics failed");
+        }
         out
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+/// A scrape's copy of everything `/metrics` shows; every family is declared here once.
+#[derive(Debug)]
+struct Exposition {
+    inner: Inner,
+    ready: bool,
+    enforcing: bool,
+    events_seen: u64,
+    events_lost: u64,
+    monitor_lost: u64,
 }
 
-fn counter(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+type Labels = Vec<(&'static str, LabelValue)>;
+
+/// A label value, escaped as the exposition format wants (the encoder writes values as they
+/// are): every label goes through this type.
+#[derive(Debug)]
+struct LabelValue(String);
+
+impl From<String> for LabelValue {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl From<&str> for LabelValue {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        use fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let inner = &self.inner;
+        let e = &mut encoder;
+        gauge(
+            e,
+            "netpol_ready",
+            "1 while the node holds the desired state and every selected local pod is enforced.",
+            i64::from(self.ready),
+        )?;
+        gauge(
+            e,
+            "netpol_enforcement_enabled",
+            "0 while disable_network_policy is set.",
+            i64::from(self.enforcing),
+        )?;
+        gauges(
+            e,
+            "netpol_backend_info",
+            "The backend in use.",
+            [(
+                vec![("backend", LabelValue::from(inner.backend.to_owned()))],
+                1,
+            )],
+        )?;
+        gauges(
+            e,
+            "netpol_objects",
+            "Cluster objects known, by kind.",
+            inner.objects.iter().map(|(kind, count)| {
+                (
+                    vec![("kind", LabelValue::from((*kind).to_owned()))],
+                    as_gauge(*count),
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "netpol_rejected_objects",
+            "Objects or parts rejected, by kind and reason.",
+            inner.rejections.iter().map(|((kind, reason), count)| {
+                (
+                    vec![
+                        ("kind", LabelValue::from((*kind).to_owned())),
+                        ("reason", LabelValue::from(reason.clone())),
+                    ],
+                    *count,
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "netpol_source_problems",
+            "Unreadable inputs and failed watches, by reason.",
+            inner.source_problems.iter().map(|(reason, count)| {
+                (
+                    vec![("reason", LabelValue::from((*reason).to_owned()))],
+                    *count,
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "netpol_programming_errors",
+            "Failed backend operations, by operation.",
+            inner.programming_errors.iter().map(|(what, count)| {
+                (
+                    vec![("operation", LabelValue::from((*what).to_owned()))],
+                    *count,
+                )
+            }),
+        )?;
+        gauges(
+            e,
+            "netpol_source_failing_seconds",
+            "How long the watch of a kind has been failing (kinds whose watch works are absent).",
+            inner.sources_failing.iter().map(|(kind, (failing, _))| {
+                (
+                    vec![("kind", LabelValue::from(kind.name().to_owned()))],
+                    as_gauge(failing.as_secs()),
+                )
+            }),
+        )?;
+        gauge(
+            e,
+            "netpol_service_ranges",
+            "Service ranges (flags) and Service addresses (learned) whose egress is judged after DNAT.",
+            as_gauge(inner.service_ranges),
+        )?;
+        gauge(
+            e,
+            "netpol_endpoints",
+            "Local pods enforced on this node.",
+            as_gauge(inner.endpoints),
+        )?;
+        gauges(
+            e,
+            "netpol_endpoints_not_enforced",
+            "Selected local pods not enforced as their policies say, by reason (not_programmed pods are denied everything).",
+            NotEnforced::ALL.into_iter().map(|reason| {
+                (
+                    vec![("reason", LabelValue::from(reason.name().to_owned()))],
+                    as_gauge(
+                        inner
+                            .endpoints_not_enforced
+                            .get(&reason)
+                            .copied()
+                            .unwrap_or(0),
+                    ),
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "netpol_switch_off_by_odd_value",
+            "Times disable_network_policy turned enforcement off with a value other than \"true\" or \"1\".",
+            [(Labels::new(), inner.switch_off_by_odd_value)],
+        )?;
+        gauge(
+            e,
+            "netpol_endpoints_without_interface",
+            "Local pods whose host interface was not found.",
+            as_gauge(inner.endpoints_without_interface),
+        )?;
+        gauges(
+            e,
+            "netpol_map_entries",
+            "Entries per datapath map.",
+            inner.usage.iter().map(|usage| {
+                (
+                    vec![("map", LabelValue::from(usage.name.to_owned()))],
+                    as_gauge(usage.entries),
+                )
+            }),
+        )?;
+        gauges(
+            e,
+            "netpol_map_capacity",
+            "Capacity per datapath map.",
+            inner.usage.iter().map(|usage| {
+                (
+                    vec![("map", LabelValue::from(usage.name.to_owned()))],
+                    as_gauge(usage.capacity),
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "netpol_denied_packets",
+            "Packets dropped (or audited), by reason and direction.",
+            inner
+                .counters
+                .drops
+                .iter()
+                .map(|((reason, direction), count)| {
+                    (
+                        vec![
+                            ("reason", LabelValue::from((*reason).to_owned())),
+                            ("direction", LabelValue::from((*direction).to_owned())),
+                        ],
+                        count.packets,
+                    )
+                }),
+        )?;
+        counters(
+            e,
+            "netpol_allowed_packets",
+            "Packets allowed, by policy rule and direction.",
+            inner.counters.rules.iter().map(|(rule, count)| {
+                let (policy, direction, name) = inner
+                    .rule_names
+                    .get(rule)
+                    .map(|labels| (labels.policy.clone(), labels.direction, labels.rule.clone()))
+                    .unwrap_or_default();
+                (
+                    vec![
+                        ("policy", LabelValue::from(policy)),
+                        ("direction", LabelValue::from(direction.to_owned())),
+                        ("rule", LabelValue::from(name)),
+                        ("rule_id", LabelValue::from(rule.to_string())),
+                    ],
+                    count.packets,
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "netpol_events",
+            "Drop and audit events read from the datapath.",
+            [(Labels::new(), self.events_seen)],
+        )?;
+        counters(
+            e,
+            "netpol_events_lost",
+            "Events the datapath could not deliver (buffer full).",
+            [(Labels::new(), self.events_lost)],
+        )?;
+        counters(
+            e,
+            "netpol_monitor_events_lost",
+            "Events `netpol-agent monitor` subscribers missed because they read too slowly.",
+            [(Labels::new(), self.monitor_lost)],
+        )?;
+        inner.latency.encode(e.encode_descriptor(
+            "netpol_change_to_programmed_seconds",
+            "From an object change reaching the agent to the datapath programmed.",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        counters(
+            e,
+            "netpol_cni_requests",
+            "Requests of the chained CNI plugin, by operation (add_timeout: an ADD whose pod was not enforced in time).",
+            inner.cni_requests.iter().map(|(what, count)| {
+                (
+                    vec![("operation", LabelValue::from((*what).to_owned()))],
+                    *count,
+                )
+            }),
+        )?;
+        inner.cni_add.encode(e.encode_descriptor("netpol_cni_add_to_enforced_seconds", "From a CNI ADD reaching the agent to its pod enforced: what holding a pod's start costs.", None, MetricType::Histogram)?)?;
+        if let Some(chained) = inner.cni_chained {
+            gauge(
+                e,
+                "netpol_cni_chained",
+                "1 while the node's CNI configuration includes the netpol-cni plugin.",
+                i64::from(chained),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn as_gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A gauge without labels.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::Result {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A gauge family, one row per label set.
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, i64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter family (`<name>_total`), one row per label set (an empty set: the bare counter).
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        if labels.is_empty() {
+            return ConstCounter::new(value).encode(family);
+        }
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// A bounded label value for a rejection reason: the text before the first ':' (which names
@@ -546,5 +767,17 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("# TYPE netpol_objects gauge").count(), 1);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::new();
+        metrics.count_rejection("pod", "a \"quoted\\ \nfield: value");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"reason="a \"quoted\\ \nfield"} 1"#),
+            "{text}"
+        );
     }
 }
