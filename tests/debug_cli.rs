@@ -458,8 +458,8 @@ fn monitor_streams_named_drops_to_every_subscriber_and_a_stuck_one_hurts_nobody(
     );
 }
 
-/// The iptables backend: its chains and sets dumped with names, and a set member removed
-/// behind the agent's back reported as drift.
+/// The iptables backend: its drops in `monitor`, its chains and sets dumped with names, and a
+/// set member removed behind the agent's back reported as drift.
 #[test]
 fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
     if !require_root("iptables_chains_are_named_and_a_removed_set_member_is_drift") {
@@ -473,6 +473,49 @@ fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
     assert!(result.ok(), "{}", result.table());
     let status = agent.debug(&["status", "-o", "json"]).expect("status runs");
     assert_eq!(status.json().expect("JSON")["backend"], "iptables");
+    // monitor reads the drop log of the iptables backend (NFLOG) and names it.
+    let mut monitor = agent
+        .debug_command(&[
+            "monitor",
+            "--drops",
+            "--pod",
+            "default/nginx",
+            "--max-events",
+            "1",
+            "-o",
+            "json",
+        ])
+        .expect("the command")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("monitor starts");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let nginx: IpAddr = "10.244.1.10".parse().expect("an address");
+    assert!(
+        !world.node.pods[1].netns.tcp_probe(nginx, 80),
+        "busybox is denied"
+    );
+    let waited = std::time::Instant::now();
+    while monitor.try_wait().ok().flatten().is_none()
+        && waited.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = monitor.kill();
+    let output = monitor.wait_with_output().expect("monitor ends");
+    let line = String::from_utf8_lossy(&output.stdout);
+    let event: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|error| {
+        panic!(
+            "{error}: {line:?} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(event["pod"], "default/nginx", "{event:#}");
+    assert_eq!(event["peer"], "default/busybox", "{event:#}");
+    assert_eq!(event["direction"], "ingress", "{event:#}");
+    assert_eq!(event["isolated_by"][0], "default/access-nginx", "{event:#}");
+
     let chains = agent.debug(&["maps", "dump", "chains"]).expect("dump runs");
     assert_eq!(chains.code, 0, "{chains:?}");
     assert!(

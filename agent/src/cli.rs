@@ -389,6 +389,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let mut event_hub = None;
     let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
     let event_thread: Option<EventThread>;
+    let mut nflog_thread = None;
     tracing::info!(backend = ?backend, reason, "backend chosen");
     let backend_choice = backend;
     let mut attach_mode = None;
@@ -415,6 +416,21 @@ pub async fn run(config: RunConfig) -> Result<()> {
         }
         BackendChoice::Iptables => {
             event_thread = None;
+            // Drops are still enforced without it: only `monitor` goes without events.
+            match crate::backend::iptables::nflog::spawn(crate::monitor::EventFanout {
+                metrics: Arc::clone(&metrics),
+                hub: Arc::clone(event_hub.insert(crate::monitor::EventHub::new())),
+            }) {
+                Ok(thread) => nflog_thread = Some(thread),
+                Err(error) => {
+                    event_hub = None;
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "cannot read the drop log (NFLOG group {}): `monitor` shows no events",
+                        crate::backend::iptables::render::NFLOG_GROUP
+                    );
+                }
+            }
             Box::new(
                 crate::backend::iptables::IptablesBackend::detect()
                     .context("setting up the iptables backend")?,
@@ -574,6 +590,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let (_, runtime) = tasks.swap_remove(0);
     let _ = runtime.await;
     drop(event_thread);
+    drop(nflog_thread);
     Ok(())
 }
 

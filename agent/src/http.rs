@@ -44,7 +44,7 @@ struct ApiState {
     metrics: Arc<Metrics>,
     info: Arc<AgentInfo>,
     queries: mpsc::Sender<Query>,
-    /// The drop and audit events (eBPF backend only).
+    /// The drop and audit events (`None`: their source could not be opened).
     events: Option<Arc<EventHub>>,
 }
 
@@ -199,7 +199,7 @@ async fn monitor(
     let Some(hub) = state.events.clone() else {
         return Err((
             StatusCode::NOT_IMPLEMENTED,
-            "this backend reports no drop events (the eBPF backend does)\n".to_owned(),
+            "the agent could not open its drop event source (see its log)\n".to_owned(),
         ));
     };
     let since = params

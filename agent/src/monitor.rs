@@ -157,6 +157,15 @@ impl MonitorEvent {
             .get(&event.endpoint)
             .cloned()
             .or_else(|| local.and_then(|ip| names.pod_at(ip)).map(str::to_owned));
+        // The iptables backend's events carry no endpoint id: found by the pod.
+        let endpoint = match event.endpoint {
+            0 => names
+                .endpoints
+                .iter()
+                .find(|(_, name)| Some(*name) == pod.as_ref())
+                .map_or(0, |(id, _)| *id),
+            id => id,
+        };
         let reason = DropReason::ALL
             .iter()
             .find(|reason| **reason as u32 == event.reason)
@@ -164,7 +173,7 @@ impl MonitorEvent {
         let isolated_by = if reason == DropReason::Policy.name() {
             names
                 .isolated_by
-                .get(&event.endpoint)
+                .get(&endpoint)
                 .map(|isolation| {
                     if ingress {
                         isolation.ingress.clone()
@@ -192,7 +201,7 @@ impl MonitorEvent {
             protocol: event.protocol,
             direction: if ingress { "ingress" } else { "egress" }.to_owned(),
             reason: reason.to_owned(),
-            endpoint_id: event.endpoint,
+            endpoint_id: endpoint,
             pod,
             peer: peer.and_then(|ip| names.pod_at(ip)).map(str::to_owned),
             isolated_by,

@@ -17,6 +17,7 @@
 //! `*-save -c` (rules are commented `np-rule-<id>`); counters of chains about to be rewritten
 //! are carried over in memory first.
 
+pub mod nflog;
 pub mod render;
 pub mod tools;
 
