@@ -315,7 +315,17 @@ fn drift_is_reported_and_the_pins_answer_with_the_agent_down() {
         .expect("explain runs");
     assert!(table.stdout.contains("DRIFT"), "{}", table.stdout);
 
-    // The agent goes away; its pins stay.
+    // The agent keeps the names beside its socket (within a resync of a change), goes away,
+    // and its pins stay.
+    let names_file = agent.api_socket.with_file_name("names.json");
+    let current = || {
+        std::fs::read_to_string(&names_file).is_ok_and(|text| text.contains("default/access-nginx"))
+    };
+    let waited = std::time::Instant::now();
+    while !current() && waited.elapsed() < std::time::Duration::from_secs(15) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(current(), "the names file was not written within a resync");
     agent.kill();
     let status = agent.debug(&["status", "-o", "json"]).expect("status runs");
     assert_eq!(status.code, 1, "{status:?}");
@@ -516,6 +526,19 @@ fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
     assert_eq!(event["direction"], "ingress", "{event:#}");
     assert_eq!(event["isolated_by"][0], "default/access-nginx", "{event:#}");
 
+    let endpoints = agent
+        .debug(&["endpoints", "-o", "json"])
+        .expect("endpoints runs")
+        .json()
+        .expect("endpoints JSON");
+    assert!(
+        endpoints.as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|row| row["pod"] == "default/nginx"
+                && row["ingress"]["policies"][0] == "default/access-nginx"
+                && row["state"] == "enforced")),
+        "{endpoints:#}"
+    );
     let chains = agent.debug(&["maps", "dump", "chains"]).expect("dump runs");
     assert_eq!(chains.code, 0, "{chains:?}");
     assert!(

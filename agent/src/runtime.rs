@@ -136,6 +136,8 @@ pub struct Runtime<B: Backend> {
     queries: Option<mpsc::Receiver<Query>>,
     /// The names changed since `names_file` was last written.
     names_dirty: bool,
+    /// When `names_file` was last written.
+    names_written: Option<Instant>,
 }
 
 /// A pod sandbox as the CNI plugin described it on ADD.
@@ -186,6 +188,7 @@ impl<B: Backend> Runtime<B> {
             waiting: Vec::new(),
             queries: None,
             names_dirty: false,
+            names_written: None,
         }
     }
 
@@ -637,6 +640,13 @@ impl<B: Backend> Runtime<B> {
             self.reconcile_attachments();
         }
         self.names_dirty = true;
+        // At once after the first sync and after a quiet spell, else at the next resync.
+        if self
+            .names_written
+            .is_none_or(|written| written.elapsed() >= RESYNC_INTERVAL)
+        {
+            self.write_names();
+        }
         if self.in_sync {
             self.metrics.note_programmed();
             if let Some(since) = since {
@@ -1362,7 +1372,10 @@ impl<B: Backend> Runtime<B> {
             return;
         }
         match crate::debug::write_names_file(path, &engine.names()) {
-            Ok(()) => self.names_dirty = false,
+            Ok(()) => {
+                self.names_dirty = false;
+                self.names_written = Some(Instant::now());
+            }
             Err(error) => {
                 tracing::warn!(
                     file = %path.display(),
