@@ -937,18 +937,26 @@ pub fn dump(map: MapName, numeric: bool, target: &Target) -> Result<Healthy> {
         Installed::Ebpf(kernel) => dump_ebpf(map, &kernel, names, numeric)?,
         Installed::Iptables(rules) => dump_iptables(map, &rules, names, numeric)?,
     };
-    match target.output {
+    print_table(
+        &table,
+        target.output,
+        source.caveat.as_deref().filter(|_| !numeric),
+    )?;
+    Ok(true)
+}
+
+/// A table as `output` wants it; as text, under the caveat on its names if there is one.
+fn print_table(table: &Table, output: Output, caveat: Option<&str>) -> Result<()> {
+    match output {
         Output::Json => print_json(&table.to_json())?,
         Output::Table => {
-            if let Some(caveat) = &source.caveat
-                && !numeric
-            {
+            if let Some(caveat) = caveat {
                 print(&format!("# {caveat}\n"));
             }
             print(&table.render());
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The iptables backend's equivalent of the maps: its chains and its sets.
@@ -1341,17 +1349,11 @@ pub fn ct_list(pod: Option<&str>, numeric: bool, target: &Target) -> Result<Heal
         &source.names
     };
     let table = dump_conntrack(&kernel, names, numeric, pod)?;
-    match target.output {
-        Output::Json => print_json(&table.to_json())?,
-        Output::Table => {
-            if let Some(caveat) = &source.caveat
-                && !numeric
-            {
-                print(&format!("# {caveat}\n"));
-            }
-            print(&table.render());
-        }
-    }
+    print_table(
+        &table,
+        target.output,
+        source.caveat.as_deref().filter(|_| !numeric),
+    )?;
     Ok(true)
 }
 

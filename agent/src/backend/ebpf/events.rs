@@ -53,6 +53,27 @@ pub struct EventThread {
     thread: Option<JoinHandle<()>>,
 }
 
+impl EventThread {
+    /// Runs `body` on a thread named `name` until the returned guard drops (`body` returns
+    /// when the flag it is given is set).
+    pub fn spawn(
+        name: &str,
+        body: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || body(&stop))?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
 impl Drop for EventThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -81,17 +102,7 @@ impl EventReader {
 
     /// Drains the buffers on a thread of its own until the returned guard drops.
     pub fn spawn(self, sink: impl EventSink) -> std::io::Result<EventThread> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("netpol-events".to_owned())
-                .spawn(move || self.drain(&stop, &sink))?
-        };
-        Ok(EventThread {
-            stop,
-            thread: Some(thread),
-        })
+        EventThread::spawn("netpol-events", move |stop| self.drain(stop, &sink))
     }
 
     fn drain(mut self, stop: &AtomicBool, sink: &impl EventSink) {

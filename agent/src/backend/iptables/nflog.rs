@@ -3,14 +3,7 @@
 //! `np-audit-egress`, ...); a thread reads them over `NETLINK_NETFILTER` and hands them to the
 //! same sink as the eBPF datapath's events, as [`PolicyEvent`]s.
 
-use std::{
-    io,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-};
+use std::{io, sync::atomic::Ordering};
 
 use agent_common::{
     addr::Addr,
@@ -20,7 +13,7 @@ use agent_common::{
 };
 
 use super::render::NFLOG_GROUP;
-use crate::backend::ebpf::EventSink;
+use crate::backend::ebpf::{EventSink, EventThread};
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -35,49 +28,24 @@ const NFULA_PREFIX: u16 = 10;
 /// Enough of each packet for the IP and transport headers.
 const COPY_RANGE: u32 = 128;
 
-/// The reading thread; stops when dropped.
-pub struct NflogThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for NflogThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Binds the group (in this network namespace) and reads it on a thread of its own.
-pub fn spawn(sink: impl EventSink) -> io::Result<NflogThread> {
+pub fn spawn(sink: impl EventSink) -> io::Result<EventThread> {
     let socket = Socket::bind_group(NFLOG_GROUP)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("netpol-nflog".to_owned())
-            .spawn(move || {
-                let mut buffer = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(length) = socket.receive(&mut buffer) else {
-                        continue;
-                    };
-                    let mut seen = 0;
-                    for event in parse_datagram(&buffer[..length]) {
-                        seen += 1;
-                        sink.event(&event);
-                    }
-                    if seen > 0 {
-                        sink.count(seen, 0);
-                    }
-                }
-            })?
-    };
-    Ok(NflogThread {
-        stop,
-        thread: Some(thread),
+    EventThread::spawn("netpol-nflog", move |stop| {
+        let mut buffer = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            let Some(length) = socket.receive(&mut buffer) else {
+                continue;
+            };
+            let mut seen = 0;
+            for event in parse_datagram(&buffer[..length]) {
+                seen += 1;
+                sink.event(&event);
+            }
+            if seen > 0 {
+                sink.count(seen, 0);
+            }
+        }
     })
 }
 
