@@ -279,12 +279,7 @@ fn drift_is_reported_and_the_pins_answer_with_the_agent_down() {
     let step = &scenarios::scenarios()[0].steps[1];
     let result = play_step(&world, &objects.0, step, STEP_TIMEOUT).expect("the step runs");
     assert!(result.ok(), "{}", result.table());
-    let probe = result
-        .rows
-        .iter()
-        .find(|(probe, expected, _)| *expected && matches!(probe.from, From::Pod("busybox-access")))
-        .map(|(probe, ..)| *probe)
-        .expect("busybox-access reaches nginx");
+    let probe = access_probe(&result);
     let (before, code) = explain(&agent, &probe);
     assert_eq!(
         (before["allowed"].as_bool(), code),
@@ -564,12 +559,7 @@ fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
         })
         .unwrap_or_else(|| panic!("busybox-access is a set member: {sets:#}"))
         .clone();
-    let probe = result
-        .rows
-        .iter()
-        .find(|(probe, expected, _)| *expected && matches!(probe.from, From::Pod("busybox-access")))
-        .map(|(probe, ..)| *probe)
-        .expect("busybox-access reaches nginx");
+    let probe = access_probe(&result);
     let (before, code) = explain(&agent, &probe);
     assert_eq!(
         (before["drift"].as_bool(), code),
@@ -599,4 +589,14 @@ fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
         "{after:#}"
     );
     assert_eq!(code, 1);
+}
+
+/// The probe of the step in which busybox-access reaches nginx.
+fn access_probe(result: &scenarios::StepResult) -> Probe {
+    result
+        .rows
+        .iter()
+        .find(|(probe, expected, _)| *expected && matches!(probe.from, From::Pod("busybox-access")))
+        .map(|(probe, ..)| *probe)
+        .expect("busybox-access reaches nginx")
 }

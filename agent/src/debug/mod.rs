@@ -1021,13 +1021,7 @@ fn dump_iptables(
                 for (prefix, nomatch) in entries {
                     let mut row = vec![set.clone(), prefix.to_string(), nomatch.to_string()];
                     if !numeric {
-                        let pod = prefix
-                            .is_host()
-                            .then(|| prefix.addr.to_ip())
-                            .flatten()
-                            .and_then(|ip| names.pod_at(ip))
-                            .unwrap_or("-")
-                            .to_owned();
+                        let pod = pod_of_prefix(prefix, names);
                         let class = class_of(set)
                             .map(|class| names.class(class))
                             .unwrap_or_else(|| "-".to_owned());
@@ -1112,6 +1106,17 @@ fn dump_ebpf(map: MapName, kernel: &KernelState, names: &Names, numeric: bool) -
     })
 }
 
+/// The pod whose address a host prefix is, or `-`.
+fn pod_of_prefix(prefix: &crate::policy::IpPrefix, names: &Names) -> String {
+    prefix
+        .is_host()
+        .then(|| prefix.addr.to_ip())
+        .flatten()
+        .and_then(|ip| names.pod_at(ip))
+        .unwrap_or("-")
+        .to_owned()
+}
+
 fn prefix_text(addr: Addr, len: u32) -> String {
     match addr.to_ip() {
         Some(ip) => format!("{ip}/{len}"),
@@ -1174,13 +1179,7 @@ fn dump_ipcache(kernel: &KernelState, names: &Names, numeric: bool) -> Table {
     for (prefix, class) in &kernel.state.ipcache {
         let mut row = vec![prefix.to_string(), class.id.to_string()];
         if !numeric {
-            let pod = prefix
-                .is_host()
-                .then(|| prefix.addr.to_ip())
-                .flatten()
-                .and_then(|ip| names.pod_at(ip))
-                .unwrap_or("-")
-                .to_owned();
+            let pod = pod_of_prefix(prefix, names);
             row.extend([pod, names.class(class.id)]);
         }
         table.row(row);
