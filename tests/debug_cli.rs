@@ -1,7 +1,7 @@
-//! The node debug CLI (`netpol-agent status | endpoints | explain | maps dump`) against a
-//! real agent on the simulated node: names asserted, `explain` held against real probes for
-//! every probe of the seed scenarios, drift detected, and the pins still answering with the
-//! agent down.
+//! The node debug CLI (`netpol-agent status | endpoints | explain | maps dump | ct list |
+//! monitor`) against a real agent on the simulated node, on both backends: names asserted,
+//! `explain` held against real probes for every probe of the seed scenarios, drift detected,
+//! and the datapath still answering with the agent down.
 
 use std::net::IpAddr;
 
@@ -466,13 +466,13 @@ fn monitor_streams_named_drops_to_every_subscriber_and_a_stuck_one_hurts_nobody(
 /// The iptables backend: its drops in `monitor`, its chains and sets dumped with names, and a
 /// set member removed behind the agent's back reported as drift.
 #[test]
-fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
-    if !require_root("iptables_chains_are_named_and_a_removed_set_member_is_drift") {
+fn iptables_state_is_named_checked_for_drift_and_read_with_the_agent_down() {
+    if !require_root("iptables_state_is_named_checked_for_drift_and_read_with_the_agent_down") {
         return;
     }
     let world = World::build();
     let objects = ObjectsDir::new("debug-iptables");
-    let agent = start_agent(&world, &objects, &["--backend", "iptables"], None);
+    let mut agent = start_agent(&world, &objects, &["--backend", "iptables"], None);
     let step = &scenarios::scenarios()[0].steps[1];
     let result = play_step(&world, &objects.0, step, STEP_TIMEOUT).expect("the step runs");
     assert!(result.ok(), "{}", result.table());
@@ -559,6 +559,33 @@ fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
         })
         .unwrap_or_else(|| panic!("busybox-access is a set member: {sets:#}"))
         .clone();
+    // The kernel's connection table, named: busybox-access reached nginx in the step, and
+    // the rule that admits that connection is named.
+    let connections = agent
+        .debug(&[
+            "ct",
+            "list",
+            "--pod",
+            "default/busybox-access",
+            "-o",
+            "json",
+        ])
+        .expect("ct list runs");
+    assert_eq!(connections.code, 0, "{connections:?}");
+    let connections = connections.json().expect("ct JSON");
+    println!("$ netpol-agent ct list --pod default/busybox-access -o json\n{connections:#}");
+    assert!(
+        connections
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|row| {
+                row["source_pod"] == "default/busybox-access"
+                    && row["destination_pod"] == "default/nginx"
+                    && row["rule_name"]
+                        .as_str()
+                        .is_some_and(|rule| rule.starts_with("default/access-nginx ingress[0]"))
+            })),
+        "{connections:#}"
+    );
     let probe = access_probe(&result);
     let (before, code) = explain(&agent, &probe);
     assert_eq!(
@@ -589,6 +616,31 @@ fn iptables_chains_are_named_and_a_removed_set_member_is_drift() {
         "{after:#}"
     );
     assert_eq!(code, 1);
+
+    // With the agent down, status reads the chains and sets it left behind.
+    agent.kill();
+    let status = agent.debug(&["status", "-o", "json"]).expect("status runs");
+    assert_eq!(status.code, 1, "{status:?}");
+    let status = status.json().expect("status JSON");
+    assert_eq!(status["agent_running"], false, "{status:#}");
+    assert_eq!(
+        status["backend"], "iptables (from its chains)",
+        "{status:#}"
+    );
+    assert_eq!(status["enforcement"], true, "{status:#}");
+    // The one set member was removed above; the rules are all there.
+    let map = |name: &str| {
+        status["maps"]
+            .as_array()
+            .and_then(|maps| maps.iter().find(|map| map["name"] == name))
+            .unwrap_or_else(|| panic!("no {name} in {status:#}"))
+            .clone()
+    };
+    assert!(
+        map("iptables_rules")["entries"].as_u64() > Some(0),
+        "{status:#}"
+    );
+    assert_eq!(map("ipset_entries")["entries"], 0, "{status:#}");
 }
 
 /// The probe of the step in which busybox-access reaches nginx.

@@ -80,6 +80,24 @@ impl IptablesState {
             .any(|table| table.ours().next().is_some())
     }
 
+    /// How many rules our chains hold.
+    pub fn rule_count(&self) -> usize {
+        self.tables
+            .values()
+            .flat_map(|table| table.ours())
+            .map(|(_, rules)| rules.len())
+            .sum()
+    }
+
+    /// Whether the switch is off: an entry chain returns first.
+    pub fn enforcement_off(&self) -> bool {
+        self.tables
+            .values()
+            .flat_map(|table| table.ours())
+            .flat_map(|(_, rules)| rules)
+            .any(|(_, rule)| rule.contains("np-enforcement-off"))
+    }
+
     /// The egress verdict at the source (mangle `NP-PREROUTING`) and the ingress verdict at
     /// the destination (filter `NP-FORWARD`) for a new connection.
     pub fn verdicts(&self, flow: &Flow) -> (RuleVerdict, RuleVerdict) {

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod datapath;
 pub mod iptables;
+mod kernel_conntrack;
 pub mod report;
 mod table;
 
@@ -30,6 +31,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 
 use crate::{
+    backend::iptables::DEFAULT_MAXELEM,
     monitor::MonitorEvent,
     policy::{Flow, Names, PathVerdict, lookup},
 };
@@ -278,7 +280,7 @@ pub fn status(target: &Target) -> Result<Healthy> {
     let report = block_on(async {
         match client::get::<StatusReport>(&target.socket, "/v1/status").await {
             Ok(report) => Ok(report),
-            Err(error) if unreachable(&error) => status_from_pins(target, &error),
+            Err(error) if unreachable(&error) => status_from_datapath(target, &error),
             Err(error) => Err(error),
         }
     })?;
@@ -290,29 +292,53 @@ pub fn status(target: &Target) -> Result<Healthy> {
     Ok(healthy)
 }
 
-/// What can be said with the agent down: the maps and the switch, from the pins.
-fn status_from_pins(target: &Target, why: &anyhow::Error) -> Result<StatusReport> {
-    let kernel = KernelState::read(&target.pin_dir)
-        .with_context(|| format!("{why:#}; and the pins cannot be read either"))?;
-    let sizes = kernel.sizes;
-    let map = |name: &str, entries: usize, capacity: u32| MapStatus {
+/// What can be said with the agent down: the maps and the switch from the pins, else the
+/// chains and sets of the iptables backend.
+fn status_from_datapath(target: &Target, why: &anyhow::Error) -> Result<StatusReport> {
+    let installed = Installed::read(&target.pin_dir)
+        .with_context(|| format!("{why:#}; and the datapath cannot be read either"))?;
+    let map = |name: &str, entries: usize, capacity: u64| MapStatus {
         name: name.to_owned(),
         entries: entries as u64,
-        capacity: u64::from(capacity),
+        capacity,
     };
-    let connections = kernel.connections().map(|rows| rows.len()).unwrap_or(0);
+    let (backend, enforcement, maps) = match installed {
+        Installed::Ebpf(kernel) => {
+            let sizes = kernel.sizes;
+            let connections = kernel.connections().map(|rows| rows.len()).unwrap_or(0);
+            let maps = vec![
+                map(
+                    "endpoints",
+                    kernel.state.endpoints.len(),
+                    sizes.endpoints.into(),
+                ),
+                map("ipcache", kernel.state.ipcache.len(), sizes.ipcache.into()),
+                map("policy", kernel.state.policy.len(), sizes.policy.into()),
+                map("services", kernel.services.len(), sizes.services.into()),
+                map("conntrack", connections, sizes.conntrack.into()),
+            ];
+            ("ebpf (from the pins)", !kernel.enforcement_off(), maps)
+        }
+        Installed::Iptables(rules) => {
+            let capacity = rules
+                .sets
+                .values()
+                .map(|entries| entries.len().max(DEFAULT_MAXELEM) as u64)
+                .sum();
+            let entries = rules.sets.values().map(Vec::len).sum();
+            let maps = vec![
+                map("iptables_rules", rules.rule_count(), u64::MAX),
+                map("ipset_entries", entries, capacity),
+            ];
+            ("iptables (from its chains)", !rules.enforcement_off(), maps)
+        }
+    };
     Ok(StatusReport {
         agent_running: false,
-        backend: "ebpf (from the pins)".to_owned(),
-        enforcement: !kernel.enforcement_off(),
+        backend: backend.to_owned(),
+        enforcement,
         not_ready_reason: Some(format!("{why:#}")),
-        maps: vec![
-            map("endpoints", kernel.state.endpoints.len(), sizes.endpoints),
-            map("ipcache", kernel.state.ipcache.len(), sizes.ipcache),
-            map("policy", kernel.state.policy.len(), sizes.policy),
-            map("services", kernel.services.len(), sizes.services),
-            map("conntrack", connections, sizes.conntrack),
-        ],
+        maps,
         ..StatusReport::default()
     })
 }
@@ -1333,27 +1359,148 @@ fn dump_conntrack(
     Ok(table)
 }
 
-/// `netpol-agent ct list`: the connections the eBPF datapath tracks, named.
+/// `netpol-agent ct list`: the connections the datapath tracks, named: the eBPF
+/// connection table, or the kernel's own for the iptables backend.
 pub fn ct_list(pod: Option<&str>, numeric: bool, target: &Target) -> Result<Healthy> {
-    let (source, kernel) = block_on(async {
+    let (source, installed) = block_on(async {
         let source = names(target).await?;
-        let kernel = KernelState::read(&target.pin_dir).context(
-            "connection tracking of the iptables backend is the kernel's own (conntrack -L)",
-        )?;
-        Ok((source, kernel))
+        Ok((source, Installed::read(&target.pin_dir)?))
     })?;
-    let names = if numeric {
-        &Names::default()
-    } else {
-        &source.names
+    let table = match installed {
+        Installed::Ebpf(kernel) => {
+            let names = if numeric {
+                &Names::default()
+            } else {
+                &source.names
+            };
+            dump_conntrack(&kernel, names, numeric, pod)?
+        }
+        Installed::Iptables(rules) => kernel_connections(&rules, &source.names, numeric, pod)?,
     };
-    let table = dump_conntrack(&kernel, names, numeric, pod)?;
     print_table(
         &table,
         target.output,
         source.caveat.as_deref().filter(|_| !numeric),
     )?;
     Ok(true)
+}
+
+/// The kernel's connections with a pod of this node at one end (what the iptables backend
+/// relies on), each credited to the rule of the installed chains that admits its first
+/// packet now: the kernel does not record which rule admitted a connection. `names` also
+/// decides which connections are a pod's, so it is the real one even for `numeric`.
+fn kernel_connections(
+    rules: &IptablesState,
+    names: &Names,
+    numeric: bool,
+    pod: Option<&str>,
+) -> Result<Table> {
+    let mut columns = vec![
+        "source",
+        "destination",
+        "service",
+        "protocol",
+        "age_s",
+        "state",
+        "timeout_s",
+        "flags",
+        "rule",
+    ];
+    if !numeric {
+        columns.extend(["source_pod", "destination_pod", "rule_name"]);
+    }
+    let mut table = Table::new(&columns);
+    let mut connections = kernel_conntrack::dump()?;
+    connections.sort_by_key(|connection| {
+        let original = connection.original;
+        (original.src, original.dst, original.sport, original.dport)
+    });
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or_default();
+    let local_pods: std::collections::BTreeSet<&str> =
+        names.endpoints.values().map(String::as_str).collect();
+    let rule_of = |verdict: &RuleVerdict| match verdict {
+        RuleVerdict::Allowed {
+            rule: Some(rule), ..
+        } => Some(*rule),
+        _ => None,
+    };
+    for connection in connections {
+        let original = connection.original;
+        // Policy judges the destination after DNAT: the reply's source.
+        let (dst, dport) = (connection.reply.src, connection.reply.sport);
+        let (src_pod, dst_pod) = (names.pod_at(original.src), names.pod_at(dst));
+        let (egress, ingress) =
+            rules.verdicts(&Flow::new(original.src, dst, original.protocol, dport));
+        let dispatched = |verdict: &RuleVerdict| {
+            matches!(
+                verdict,
+                RuleVerdict::Allowed { .. } | RuleVerdict::Denied { .. }
+            )
+        };
+        let ours = [src_pod, dst_pod]
+            .into_iter()
+            .flatten()
+            .any(|pod| local_pods.contains(pod))
+            || dispatched(&egress)
+            || dispatched(&ingress);
+        let wanted = match pod {
+            Some(pod) => src_pod == Some(pod) || dst_pod == Some(pod),
+            None => ours,
+        };
+        if !wanted {
+            continue;
+        }
+        let end = |ip: IpAddr, port: u16| format!("{}", std::net::SocketAddr::new(ip, port));
+        let service = if (original.dst, original.dport) == (dst, dport) {
+            "-".to_owned()
+        } else {
+            end(original.dst, original.dport)
+        };
+        let age = connection.start_ns.map_or_else(
+            || "-".to_owned(),
+            |start| format!("{:.1}", now_ns.saturating_sub(start) as f64 / 1e9),
+        );
+        let flags = if numeric {
+            format!("{:#x}", connection.status)
+        } else {
+            let named: Vec<&str> = kernel_conntrack::STATUS_NAMES
+                .into_iter()
+                .filter(|(bit, _)| connection.status & bit != 0)
+                .map(|(_, name)| name)
+                .collect();
+            if named.is_empty() {
+                "-".to_owned()
+            } else {
+                named.join(",")
+            }
+        };
+        let rule = rule_of(&ingress).or_else(|| rule_of(&egress));
+        let mut row = vec![
+            end(original.src, original.sport),
+            end(dst, dport),
+            service,
+            original.protocol.to_string(),
+            age,
+            connection.state().to_owned(),
+            connection
+                .timeout_s
+                .map_or_else(|| "-".to_owned(), |timeout| timeout.to_string()),
+            flags,
+            rule.unwrap_or_default().to_string(),
+        ];
+        if !numeric {
+            row.extend([
+                src_pod.unwrap_or("-").to_owned(),
+                dst_pod.unwrap_or("-").to_owned(),
+                rule.map_or_else(|| "-".to_owned(), |rule| names.rule(rule)),
+            ]);
+        }
+        table.row(row);
+    }
+    Ok(table)
 }
 
 /// `netpol-agent monitor`: the drop and audit events as they happen.

@@ -18,6 +18,7 @@
 //! are carried over in memory first.
 
 pub mod nflog;
+pub mod nfnetlink;
 pub mod render;
 pub mod tools;
 
@@ -54,7 +55,7 @@ pub enum IptablesError {
 }
 
 /// Sets larger than this get a larger `maxelem`.
-const DEFAULT_MAXELEM: usize = 65536;
+pub const DEFAULT_MAXELEM: usize = 65536;
 
 /// The iptables and ipset backend.
 pub struct IptablesBackend {
