@@ -5,9 +5,15 @@
 
 use std::net::IpAddr;
 
+use netpol_agent::{
+    debug::{Explainer, Protocol as ExplainProtocol, Target},
+    model::Protocol,
+    policy::conformance::{Step, cases},
+};
 use netpol_tests::{
     agent::Agent,
-    objects::{ObjectsDir, STEP_TIMEOUT, start_agent},
+    conformance::{ConformanceWorld, mismatches},
+    objects::{ObjectsDir, STEP_TIMEOUT, start_agent, start_agent_on},
     require_root,
     scenarios::{
         self, DNS_SERVICE, From, NGINX_LB, NGINX_SERVICE, PODS, Probe, Proto, World, play_step,
@@ -119,6 +125,90 @@ fn explain_agrees_with_real_probes(flags: &[&str]) {
         }
     }
     println!("explain agreed with {checked} real probes ({flags:?})");
+}
+
+#[test]
+fn explain_agrees_with_real_probes_through_the_conformance_cases_on_ebpf() {
+    if !require_root("explain_agrees_with_real_probes_through_the_conformance_cases_on_ebpf") {
+        return;
+    }
+    explain_agrees_through_the_conformance_cases(&[]);
+}
+
+#[test]
+fn explain_agrees_with_real_probes_through_the_conformance_cases_on_iptables() {
+    if !require_root("explain_agrees_with_real_probes_through_the_conformance_cases_on_iptables") {
+        return;
+    }
+    explain_agrees_through_the_conformance_cases(&["--backend", "iptables"]);
+}
+
+/// Every case of the engine's conformance tables that real packets can play (TCP and UDP over
+/// IPv4): after each change the pods probe every ordered pair until they see the expected
+/// verdicts, then `explain` (the CLI's own code, with one reading of the datapath per probe
+/// step) must give each pair the verdict its packets had, with both answers agreeing.
+fn explain_agrees_through_the_conformance_cases(flags: &[&str]) {
+    let mut world = ConformanceWorld::build();
+    let objects = ObjectsDir::new("debug-conformance");
+    objects.write("cluster.yaml", &world.cluster_yaml());
+    let agent = start_agent_on(&world.node, &objects, flags, None);
+    let target = Target::new(agent.api_socket.clone(), agent.pin_dir.clone());
+    let (mut played, mut skipped, mut explained) = (0, 0, 0);
+    for case in cases() {
+        world.reset(&objects).expect("the cluster is reset");
+        for step in &case.steps {
+            let Step::Probe(port, protocol, reach) = step else {
+                world.write(step, &objects).expect("the change is written");
+                continue;
+            };
+            let explain_protocol = match protocol {
+                Protocol::Tcp => ExplainProtocol::Tcp,
+                Protocol::Udp => ExplainProtocol::Udp,
+                Protocol::Sctp => {
+                    skipped += 1;
+                    continue;
+                }
+            };
+            let (observed, matched) = world.await_reach(*port, *protocol, reach, STEP_TIMEOUT);
+            assert!(
+                matched,
+                "{}: real packets did not reach the expected verdicts:\n{}agent log:\n{}",
+                case.name,
+                mismatches(&observed, reach),
+                agent.log_text()
+            );
+            let reports = world.node.node.run(|| {
+                let explainer = Explainer::read(&target)?;
+                observed
+                    .keys()
+                    .map(|(from, to)| {
+                        explainer.explain(
+                            world.address(from),
+                            world.address(to),
+                            explain_protocol,
+                            *port,
+                        )
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            });
+            let reports = reports.unwrap_or_else(|error| panic!("{}: {error:#}", case.name));
+            for (((from, to), allowed), report) in observed.iter().zip(reports) {
+                let what = format!("{}: {from} -> {to} {protocol}/{port}", case.name);
+                assert_eq!(report.allowed, *allowed, "{what}: explain says {report:#?}");
+                assert!(!report.drift, "{what}: {report:#?}");
+                for side in [&report.egress, &report.ingress] {
+                    if side.local {
+                        assert_eq!(side.agree, Some(true), "{what}: {report:#?}");
+                    }
+                }
+                explained += 1;
+            }
+            played += 1;
+        }
+    }
+    println!(
+        "explain agreed with {explained} real probes over {played} probe steps of the conformance cases ({skipped} SCTP steps skipped; {flags:?})"
+    );
 }
 
 #[test]

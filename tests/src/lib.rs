@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod clusters;
+pub mod conformance;
 pub mod netns;
 pub mod objects;
 pub mod packet;

@@ -245,6 +245,11 @@ impl Netns {
 
     /// Whether a UDP datagram to `dst:port` from inside this namespace is answered.
     pub fn udp_probe(&self, dst: IpAddr, port: u16) -> bool {
+        self.udp_probe_within(dst, port, PROBE_TIMEOUT)
+    }
+
+    /// [`Netns::udp_probe`] with another timeout.
+    pub fn udp_probe_within(&self, dst: IpAddr, port: u16, timeout: Duration) -> bool {
         self.run(|| {
             let bind: SocketAddr = match dst {
                 IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -253,7 +258,7 @@ impl Netns {
             let Ok(socket) = UdpSocket::bind(bind) else {
                 return false;
             };
-            let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
+            let _ = socket.set_read_timeout(Some(timeout));
             if socket
                 .send_to(b"probe", SocketAddr::new(dst, port))
                 .is_err()
@@ -261,7 +266,7 @@ impl Netns {
                 return false;
             }
             let mut answer = [0u8; 16];
-            let deadline = Instant::now() + PROBE_TIMEOUT;
+            let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
                 if let Ok((n, from)) = socket.recv_from(&mut answer) {
                     // The answer may come from the Service address (un-DNATed) or the backend.

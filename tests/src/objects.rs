@@ -8,6 +8,7 @@ use std::{
 
 use crate::{
     agent::{Agent, AgentOptions},
+    netns::SimulatedNode,
     scenarios::{NODE, World, cluster_yaml, play_step, scenarios, write_atomically},
 };
 
@@ -45,10 +46,20 @@ pub fn start_agent(
     extra: &[&str],
     pin_dir: Option<PathBuf>,
 ) -> Agent {
+    start_agent_on(&world.node, objects, extra, pin_dir)
+}
+
+/// [`start_agent`] on any simulated node.
+pub fn start_agent_on(
+    node: &SimulatedNode,
+    objects: &ObjectsDir,
+    extra: &[&str],
+    pin_dir: Option<PathBuf>,
+) -> Agent {
     let mut flags: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
     flags.extend(["--service-cidr".to_owned(), "10.96.0.0/16".to_owned()]);
     let mut agent = Agent::start(
-        &world.node.node,
+        &node.node,
         AgentOptions {
             node_name: NODE.to_owned(),
             source: vec!["--objects-dir".to_owned(), objects.0.display().to_string()],
@@ -58,7 +69,7 @@ pub fn start_agent(
     )
     .expect("the agent starts");
     agent
-        .wait_ready(&world.node.node, READY_TIMEOUT)
+        .wait_ready(&node.node, READY_TIMEOUT)
         .expect("the agent gets ready");
     agent
 }

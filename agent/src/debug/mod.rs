@@ -78,6 +78,17 @@ pub struct Target {
     pub output: Output,
 }
 
+impl Target {
+    /// The agent at `socket` and its maps in `pin_dir`, answering in tables.
+    pub fn new(socket: PathBuf, pin_dir: PathBuf) -> Self {
+        Self {
+            socket,
+            pin_dir,
+            output: Output::Table,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
     /// The source: an address or `namespace/pod`.
@@ -583,47 +594,65 @@ fn endpoints_from_pins(kernel: &KernelState, names: &Names) -> Vec<EndpointRepor
 
 /// `netpol-agent explain`: healthy unless the two answers disagree (drift).
 pub fn explain(args: &ExplainArgs) -> Result<Healthy> {
-    let target = &args.target;
-    let report = block_on(async {
-        let source = names(target).await?;
-        let from = resolve(&args.from, &source.names)?;
-        let to = resolve(&args.to, &source.names)?;
-        let protocol = args.protocol.number(from.is_ipv6());
-        if matches!(
-            args.protocol,
-            Protocol::Tcp | Protocol::Udp | Protocol::Sctp
-        ) && args.port == 0
-        {
-            bail!("--port is needed for {:?}", args.protocol);
-        }
-        let flow = Flow::new(from, to, protocol, args.port);
-        let reference = match source.caveat {
-            None => Some(
-                client::get::<Reference>(
-                    &target.socket,
-                    &format!(
-                        "/v1/explain?from={from}&to={to}&protocol={protocol}&port={}",
-                        args.port
-                    ),
-                )
-                .await?,
-            ),
-            Some(_) => None,
-        };
-        let installed = Installed::read(&target.pin_dir)?;
-        Ok(build_explain(
-            flow,
-            &args.protocol,
-            reference,
-            &installed,
-            &source,
-        ))
-    })?;
-    match target.output {
+    let explainer = Explainer::read(&args.target)?;
+    let from = resolve(&args.from, &explainer.source.names)?;
+    let to = resolve(&args.to, &explainer.source.names)?;
+    let report = explainer.explain(from, to, args.protocol, args.port)?;
+    match args.target.output {
         Output::Json => print_json(&report)?,
         Output::Table => print(&render_explain(&report)),
     }
     Ok(!report.drift)
+}
+
+/// `explain` with its readings taken once: the names and the datapath as installed. Each
+/// flow then asks the agent for the reference answer and looks the datapath up. Public for the
+/// suites that explain every pair of pods after each change.
+pub struct Explainer {
+    socket: PathBuf,
+    source: NameSource,
+    installed: Installed,
+}
+
+impl Explainer {
+    pub fn read(target: &Target) -> Result<Self> {
+        block_on(async {
+            Ok(Self {
+                socket: target.socket.clone(),
+                source: names(target).await?,
+                installed: Installed::read(&target.pin_dir)?,
+            })
+        })
+    }
+
+    /// The verdict of a new connection `from` -> `to`, both answers and whether they agree.
+    pub fn explain(
+        &self,
+        from: IpAddr,
+        to: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<ExplainReport> {
+        let number = protocol.number(from.is_ipv6());
+        if matches!(protocol, Protocol::Tcp | Protocol::Udp | Protocol::Sctp) && port == 0 {
+            bail!("--port is needed for {protocol:?}");
+        }
+        let flow = Flow::new(from, to, number, port);
+        let reference = match self.source.caveat {
+            None => Some(block_on(client::get::<Reference>(
+                &self.socket,
+                &format!("/v1/explain?from={from}&to={to}&protocol={number}&port={port}"),
+            ))?),
+            Some(_) => None,
+        };
+        Ok(build_explain(
+            flow,
+            &protocol,
+            reference,
+            &self.installed,
+            &self.source,
+        ))
+    }
 }
 
 /// An address, or the address of `namespace/pod`.

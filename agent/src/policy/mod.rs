@@ -17,6 +17,7 @@
 //! and the journal that turns changes into deltas.
 
 mod classes;
+pub mod conformance;
 mod delta;
 mod engine;
 mod evaluate;
