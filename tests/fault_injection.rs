@@ -576,6 +576,53 @@ fn the_backend_that_starts_removes_the_other_ones_state() {
     }
 }
 
+/// A kernel whose verifier refuses the programs (4.19 processes more of them than its limit
+/// allows) must not leave the node unenforced: chosen automatically, the eBPF backend that
+/// does not load gives way to iptables, which enforces, and `status` says why. Asked for by
+/// name, it is not replaced: the agent exits with the error. (The load is made to fail here by
+/// a pin directory that cannot exist.)
+#[test]
+fn an_ebpf_datapath_that_does_not_load_gives_way_to_iptables_when_chosen_automatically() {
+    if !require_root(
+        "an_ebpf_datapath_that_does_not_load_gives_way_to_iptables_when_chosen_automatically",
+    ) {
+        return;
+    }
+    let fixture = Fixture::client_and_target("ebpf-fallback");
+    fixture.write("policy.yaml", DENY_ALL_TARGETS);
+    let blocker = fixture.objects.join("not-a-directory.txt");
+    std::fs::write(&blocker, "").expect("a plain file");
+    let pin_dir = blocker.join("pins");
+    let mut agent = fixture.start(&["--backend", "auto"], Some(pin_dir.clone()));
+    assert!(
+        within(STEP_TIMEOUT, || fixture.ready().0 == 200).is_some(),
+        "ready on iptables: {:?}\n{}",
+        fixture.ready(),
+        agent.log_text()
+    );
+    assert_denied(&fixture, 0, &[1], "after the fallback");
+    let status = agent
+        .debug(&["status", "-o", "json"])
+        .and_then(|output| output.json())
+        .expect("status");
+    assert_eq!(status["backend"], "iptables", "{status:#}");
+    assert!(
+        status["backend_reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("the eBPF datapath did not load")),
+        "{status:#}"
+    );
+    agent.stop();
+
+    let mut agent = fixture.start(&["--backend", "ebpf"], Some(pin_dir));
+    let exited = agent.exited_within(STEP_TIMEOUT);
+    assert!(
+        exited.is_some_and(|status| !status.success()),
+        "asked for eBPF, the agent must not run on another backend: {exited:?}\n{}",
+        agent.log_text()
+    );
+}
+
 /// What of `backend`'s state is left on the node: pins and filters, or chains.
 fn leftover_state(fixture: &Fixture, pin_dir: &Path, backend: &str) -> String {
     if backend == "ebpf" {

@@ -193,7 +193,8 @@ pub struct CleanupArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
-    /// eBPF on 4.19+ when the feature probe passes, iptables otherwise.
+    /// eBPF on 4.19+ when the feature probe passes and the datapath loads, iptables
+    /// otherwise.
     Auto,
     Ebpf,
     Iptables,
@@ -383,39 +384,75 @@ pub fn choose_backend(
     }
 }
 
+/// The eBPF backend as `run` starts it.
+struct EbpfStart {
+    backend: Box<dyn crate::backend::Backend + Send>,
+    /// The drop-event reader, and the hub it feeds.
+    events: EventThread,
+    hub: Arc<crate::monitor::EventHub>,
+    attach_mode: String,
+}
+
+/// The datapath loaded (maps, programs, pins), its drop-event reader started, the state
+/// pinned by a previous run adopted.
+fn ebpf_backend(config: &RunConfig, metrics: &Arc<Metrics>) -> Result<EbpfStart> {
+    ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
+    let mut datapath = Datapath::load_with(&config.load).context("loading the eBPF datapath")?;
+    let attach_mode = format!("{:?}", datapath.attach_mode()).to_lowercase();
+    let hub = crate::monitor::EventHub::new();
+    let events = datapath
+        .event_reader()
+        .context("opening the drop-event buffers")?
+        .spawn(crate::monitor::EventFanout {
+            metrics: Arc::clone(metrics),
+            hub: Arc::clone(&hub),
+        })
+        .context("starting the drop-event reader")?;
+    let backend = EbpfBackend::new(datapath)
+        .context("adopting the pinned datapath state")?
+        .with_growth_limit(config.map_growth_limit);
+    Ok(EbpfStart {
+        backend: Box::new(backend),
+        events,
+        hub,
+        attach_mode,
+    })
+}
+
 /// `netpol-agent run`.
 pub async fn run(config: RunConfig) -> Result<()> {
     let metrics = Metrics::new();
     let mut event_hub = None;
-    let (backend, reason) = choose_backend(config.backend, config.assume_kernel);
-    let event_thread: Option<EventThread>;
+    let (mut backend_choice, mut reason) = choose_backend(config.backend, config.assume_kernel);
+    tracing::info!(backend = ?backend_choice, reason, "backend chosen");
+    let mut event_thread: Option<EventThread> = None;
     let mut nflog_thread = None;
-    tracing::info!(backend = ?backend, reason, "backend chosen");
-    let backend_choice = backend;
     let mut attach_mode = None;
-    let backend: Box<dyn crate::backend::Backend + Send> = match backend {
-        BackendChoice::Ebpf | BackendChoice::Auto => {
-            ensure_bpffs(std::path::Path::new(BPFFS)).context("bpffs is needed for pinned maps")?;
-            let mut datapath =
-                Datapath::load_with(&config.load).context("loading the eBPF datapath")?;
-            attach_mode = Some(format!("{:?}", datapath.attach_mode()).to_lowercase());
-            let events = datapath
-                .event_reader()
-                .context("opening the drop-event buffers")?
-                .spawn(crate::monitor::EventFanout {
-                    metrics: Arc::clone(&metrics),
-                    hub: Arc::clone(event_hub.insert(crate::monitor::EventHub::new())),
-                })
-                .context("starting the drop-event reader")?;
-            event_thread = Some(events);
-            Box::new(
-                EbpfBackend::new(datapath)
-                    .context("adopting the pinned datapath state")?
-                    .with_growth_limit(config.map_growth_limit),
-            )
+    let mut ebpf = None;
+    if backend_choice != BackendChoice::Iptables {
+        match ebpf_backend(&config, &metrics) {
+            Ok(start) => {
+                ebpf = Some(start.backend);
+                event_thread = Some(start.events);
+                event_hub = Some(start.hub);
+                attach_mode = Some(start.attach_mode);
+            }
+            // Chosen, not asked for: a kernel whose verifier refuses the programs (4.19's
+            // stricter limits) is still enforced, by the backend meant for old kernels.
+            Err(error) if config.backend == BackendChoice::Auto => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "the eBPF datapath did not load on this kernel: enforcing with the iptables backend instead"
+                );
+                reason = format!("{reason}, but the eBPF datapath did not load ({error:#})");
+                backend_choice = BackendChoice::Iptables;
+            }
+            Err(error) => return Err(error),
         }
-        BackendChoice::Iptables => {
-            event_thread = None;
+    }
+    let backend: Box<dyn crate::backend::Backend + Send> = match ebpf {
+        Some(backend) => backend,
+        None => {
             // Drops are still enforced without it: only `monitor` goes without events.
             match crate::backend::iptables::nflog::spawn(crate::monitor::EventFanout {
                 metrics: Arc::clone(&metrics),

@@ -146,6 +146,23 @@ impl Agent {
         Ok(body)
     }
 
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself; its status if it did.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Kills the agent with SIGKILL (no chance to clean anything up).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
