@@ -497,10 +497,12 @@ fn expired_connections_no_longer_admit_replies() {
     if !harness.forwarding("expired_connections_no_longer_admit_replies") {
         return;
     }
+    // Long enough that a loaded guest (the matrix runs under emulation beside other work)
+    // never takes it between two test runs of one exchange; then waited out.
     harness.config(Config {
-        tcp_syn_timeout_ms: 5,
-        tcp_established_timeout_ms: 5,
-        udp_timeout_ms: 5,
+        tcp_syn_timeout_ms: 1000,
+        tcp_established_timeout_ms: 1000,
+        udp_timeout_ms: 1000,
         ..Config::default()
     });
     assert_eq!(
@@ -513,7 +515,7 @@ fn expired_connections_no_longer_admit_replies() {
     );
     assert_eq!(harness.send_from_pod(&udp(POD_A, INTERNET, 5000, 53)), PASS);
     assert_eq!(harness.send_to_pod(&udp(INTERNET, POD_A, 53, 5000)), PASS);
-    sleep(Duration::from_millis(50));
+    sleep(Duration::from_millis(1500));
     assert_eq!(
         harness.send_from_pod(&tcp(POD_A, PEER_WEB, 80, 40000, TCP_ACK)),
         DROP
@@ -973,5 +975,74 @@ fn an_unknown_pod_interface_is_closed_both_ways() {
     assert_eq!(
         harness.run(PROG_UNKNOWN_FROM_POD, &solicitation.build(), Origin::Node),
         PASS
+    );
+}
+
+/// Kernel 4.19's verifier gives up after 131,072 processed instructions per program, and it
+/// prunes less than the kernels the matrix boots: every program should stay within half of
+/// that as the kernel under test counts it (on 5.10 from the verifier log's statistics, where
+/// there is no `verified_insns` yet). The counts are printed for docs/DATAPATH-BENCH.md.
+const VERIFIER_BUDGET: u32 = 65_536;
+
+/// The programs known to be over the budget (docs/DATAPATH-BENCH.md: 5.10 processes up to
+/// 724,595 instructions of `netpol_to_pod`), so that 4.19 cannot load them and the automatic
+/// backend choice falls back to iptables there. The list only shrinks: a listed program that
+/// comes within the budget fails the test until it is taken off.
+const OVER_BUDGET: [&str; 3] = ["netpol_from_pod", "netpol_to_pod", "netpol_to_uplink"];
+
+#[test]
+fn every_program_verifies_within_half_the_4_19_limit() {
+    if !require_root("every_program_verifies_within_half_the_4_19_limit") {
+        return;
+    }
+    let counts =
+        netpol_tests::verifier_stats::processed_instructions(netpol_agent::backend::ebpf::OBJECT)
+            .expect("the programs load with the verifier's statistics");
+    assert!(!counts.is_empty());
+    // Where the kernel keeps the figure (5.16+), the programs as the agent loads them were
+    // counted the same.
+    let mut loaded =
+        aya::Ebpf::load(netpol_agent::backend::ebpf::OBJECT).expect("the object loads");
+    for (name, processed) in &counts {
+        println!("verifier: {name}: processed {processed} insns (budget {VERIFIER_BUDGET})");
+        let program: &mut aya::programs::SchedClassifier = loaded
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("no program {name}"))
+            .try_into()
+            .expect("a tc program");
+        program.load().expect("the program loads");
+        if let Some(verified) = program
+            .info()
+            .expect("program info")
+            .verified_instruction_count()
+        {
+            assert_eq!(verified, *processed, "{name}: the kernel's verified_insns");
+        }
+    }
+    let over: Vec<&str> = counts
+        .iter()
+        .filter(|(_, processed)| *processed > VERIFIER_BUDGET)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let newly_over: Vec<&&str> = over
+        .iter()
+        .filter(|name| !OVER_BUDGET.contains(name))
+        .collect();
+    assert!(
+        newly_over.is_empty(),
+        "over {VERIFIER_BUDGET} processed instructions: {newly_over:?} ({counts:?})"
+    );
+    // The list is kept as 5.10 counts, the matrix's kernel closest to 4.19 (later verifiers
+    // prune more: 6.12 takes 108,763 of `netpol_to_pod`).
+    let before_5_16 = aya::util::KernelVersion::current()
+        .is_ok_and(|kernel| kernel < aya::util::KernelVersion::new(5, 16, 0));
+    let now_within: Vec<&&str> = OVER_BUDGET
+        .iter()
+        .filter(|name| before_5_16 && !over.contains(name))
+        .collect();
+    assert!(
+        now_within.is_empty(),
+        "{now_within:?} now verify within the budget on this kernel: take them off OVER_BUDGET \
+         ({counts:?})"
     );
 }

@@ -153,12 +153,14 @@ mod programs {
             }
             return Verdict::drop(DropReason::NoEndpoint, DIR_INGRESS, false);
         };
-        let dst = Some(dst);
-        if origin == Hook::FromNode {
-            return decide(ctx, config, &packet, None, dst, Hook::FromNode);
-        }
-        let src = lookup_endpoint(&packet.src);
-        decide(ctx, config, &packet, src, dst, Hook::ToPod)
+        // The node's own packets are allowed by origin: no egress side to judge. One call
+        // site, so that the inlined decision is verified once, not once per origin.
+        let src = if origin == Hook::FromNode {
+            None
+        } else {
+            lookup_endpoint(&packet.src)
+        };
+        decide(ctx, config, &packet, src, Some(dst), origin)
     }
 
     #[inline(always)]

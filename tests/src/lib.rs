@@ -23,6 +23,7 @@ pub mod raw;
 pub mod real_cluster;
 pub mod reference;
 pub mod scenarios;
+pub mod verifier_stats;
 
 /// Whether this process may load BPF programs. Tests that need it print why they skip
 /// otherwise (CI runs as root, so there they always run).
