@@ -34,6 +34,10 @@ enum Target {
     /// agent on a simulated node (`tests/benches/cni.rs`, figures in `docs/CNI-BENCH.md`;
     /// needs root).
     Cni,
+    /// An idle agent's CPU and the time from a policy file written to the probe flipping,
+    /// objects-dir source, both backends, 100 and 10,000 policies (`tests/benches/idle.rs`,
+    /// figures in `docs/CONVERGENCE-BENCH.md`; needs root).
+    Idle,
 }
 
 impl Target {
@@ -44,6 +48,7 @@ impl Target {
             Self::Datapath => ("netpol-agent", "datapath"),
             Self::Iptables => ("netpol-agent", "iptables"),
             Self::Cni => ("netpol-tests", "cni"),
+            Self::Idle => ("netpol-tests", "idle"),
         }
     }
 }
@@ -51,8 +56,8 @@ impl Target {
 pub fn run(options: &Options) -> Result<()> {
     let object = build_ebpf::run(&build_ebpf::Options::default())?;
     let (package, bench) = options.target.bench();
-    if let Target::Cni = options.target {
-        // The bench runs the agent and the plugin binaries, which it does not build itself.
+    if let Target::Cni | Target::Idle = options.target {
+        // The bench runs the agent (and the plugin) binaries, which it does not build itself.
         exec::run(
             Command::new("cargo")
                 .current_dir(exec::workspace_root())

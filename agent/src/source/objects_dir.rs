@@ -2,8 +2,11 @@
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory holds one or more
 //! documents (`---`-separated) of kind Namespace, Pod, NetworkPolicy, ConfigMap or Service (a
-//! `List` of them works too). The directory is read again every [`POLL_INTERVAL`]: a new or changed
-//! object is applied, one that disappeared is deleted.
+//! `List` of them works too). The directory is read again when inotify says it changed, and
+//! in full every [`RESCAN_INTERVAL`] as a safety net (every [`POLL_INTERVAL`] where inotify
+//! is not available): a new or changed object is applied, one that disappeared is deleted.
+//! A read parses only the files whose stamp changed, and an unchanged directory costs no
+//! merge and no comparison, so an idle agent does next to nothing.
 //!
 //! Bad input is rejected one document at a time, as the API server rejects one object: the
 //! other documents of the file still apply. A rejected document keeps its object's last good
@@ -24,8 +27,14 @@ use tokio::sync::mpsc;
 
 use super::{ClusterObject, ObjectId, ObjectKind, SourceEvent};
 
-/// How often the directory is read: changes take effect within this (plus programming).
+/// How often the directory is read where inotify cannot watch it.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the directory is read in full although inotify reported nothing (a change it
+/// cannot see: a network file system, an overflowed event queue).
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// After a notification, the further ones of the same burst are awaited this long, so that a
+/// tool writing many files is read once.
+const SETTLE: Duration = Duration::from_millis(10);
 
 /// Why a file, or one document of it, was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -80,17 +89,31 @@ pub async fn run(dir: PathBuf, events: mpsc::Sender<SourceEvent>) {
     let mut problems = Problems::default();
     let mut current: BTreeMap<ObjectId, ClusterObject> = BTreeMap::new();
     let mut first = true;
+    let mut watch = match DirWatch::new(&dir) {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = &error as &dyn std::error::Error,
+                "cannot watch the objects directory with inotify: reading it every 250 ms instead"
+            );
+            None
+        }
+    };
     loop {
         let mut found = Vec::new();
+        let mut changed = first;
         let known: BTreeMap<PathBuf, FileStamp> = read_as
             .iter()
             .map(|(path, (stamp, _))| (path.clone(), *stamp))
             .collect();
         match read_directory(&dir, &known) {
             Ok(read) => {
+                changed |= known.keys().any(|path| !read.contains_key(path));
                 kept.retain(|path, _| read.contains_key(path));
                 read_as.retain(|path, _| read.contains_key(path));
                 for (path, entry) in read {
+                    changed |= !matches!(entry, Entry::Unchanged);
                     match entry {
                         Entry::Unchanged => {
                             if let Some((_, file_problems)) = read_as.get(&path) {
@@ -128,6 +151,14 @@ pub async fn run(dir: PathBuf, events: mpsc::Sender<SourceEvent>) {
             tokio::time::sleep(POLL_INTERVAL).await;
             continue;
         }
+        if !changed {
+            // Every file as last read: the same objects, the same problems.
+            if !problems.report(found, &events).await {
+                return;
+            }
+            wait_for_change(&mut watch, &dir).await;
+            continue;
+        }
         let wanted = merge(&kept, &mut found);
         if !problems.report(found, &events).await {
             return;
@@ -142,8 +173,130 @@ pub async fn run(dir: PathBuf, events: mpsc::Sender<SourceEvent>) {
         }
         current = wanted;
         first = false;
-        tokio::time::sleep(POLL_INTERVAL).await;
+        wait_for_change(&mut watch, &dir).await;
     }
+}
+
+/// Until the directory may have changed: an inotify event or the rescan interval, else the
+/// poll interval (trying to watch again after it: the directory may exist by then).
+async fn wait_for_change(watch: &mut Option<DirWatch>, dir: &Path) {
+    let Some(dir_watch) = watch else {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        *watch = DirWatch::new(dir).ok();
+        return;
+    };
+    match tokio::time::timeout(RESCAN_INTERVAL, dir_watch.changed()).await {
+        Err(_) => {}
+        Ok(Ok(Watch::Held)) => tokio::time::sleep(SETTLE).await,
+        // The directory was removed or replaced: watch what is at the path now.
+        Ok(Ok(Watch::Lost)) => *watch = DirWatch::new(dir).ok(),
+        Ok(Err(error)) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = &error as &dyn std::error::Error,
+                "watching the objects directory failed: reading it every 250 ms instead"
+            );
+            *watch = None;
+        }
+    }
+}
+
+/// Whether a watch still follows the directory after its events.
+enum Watch {
+    Held,
+    Lost,
+}
+
+/// An inotify watch on the directory's entries: created, removed, renamed in or out, written,
+/// closed after writing, attributes changed (a symlink's target swapped, as a mounted
+/// ConfigMap's `..data` is, shows as a rename in the directory).
+struct DirWatch(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl DirWatch {
+    fn new(dir: &Path) -> std::io::Result<Self> {
+        use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+        // SAFETY: plain inotify_init1(2); the descriptor is owned below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("the directory's path holds a NUL byte"))?;
+        let mask = libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MODIFY
+            | libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_FROM
+            | libc::IN_MOVED_TO
+            | libc::IN_ATTRIB
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd stays open and names the same inotify instance for as long
+        // as the AsyncFd that owns it.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        };
+        Ok(Self(registered?))
+    }
+
+    /// Waits for events and drains them. Which files they name does not matter (the read
+    /// compares every file's stamp); only whether the directory itself went away.
+    async fn changed(&mut self) -> std::io::Result<Watch> {
+        use std::os::fd::AsRawFd as _;
+        let mut ready = self.0.readable().await?;
+        let mut buffer = [0u8; 4096];
+        let mut watch = Watch::Held;
+        loop {
+            // SAFETY: `buffer` is valid for writes of its length.
+            let length = unsafe {
+                libc::read(
+                    self.0.get_ref().as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            if let Ok(length) = usize::try_from(length)
+                && length > 0
+            {
+                if directory_gone(&buffer[..length]) {
+                    watch = Watch::Lost;
+                }
+                continue;
+            }
+            let error = std::io::Error::last_os_error();
+            if length < 0 && error.kind() == std::io::ErrorKind::WouldBlock {
+                ready.clear_ready();
+                return Ok(watch);
+            }
+            return Err(if length == 0 {
+                std::io::Error::other("the inotify descriptor closed")
+            } else {
+                error
+            });
+        }
+    }
+}
+
+/// Whether a read of `struct inotify_event`s (wd, mask, cookie, len, name) says the watched
+/// directory itself was deleted, moved or unwatched.
+fn directory_gone(mut events: &[u8]) -> bool {
+    let gone = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED;
+    while events.len() >= 16 {
+        let field = |at: usize| {
+            u32::from_ne_bytes([events[at], events[at + 1], events[at + 2], events[at + 3]])
+        };
+        if field(4) & gone != 0 {
+            return true;
+        }
+        events = events.get(16 + field(12) as usize..).unwrap_or_default();
+    }
+    false
 }
 
 /// The objects a file is taken to hold: those of its documents that parse, plus the last good
@@ -720,5 +873,72 @@ spec:
             again[&dir.join("good.yaml")],
             Entry::Read(_, Ok(_))
         ));
+    }
+
+    /// A change in the directory wakes the watch at once; the directory replaced under its
+    /// path loses it; the source, waiting on the watch, sends a new file's object.
+    #[tokio::test]
+    async fn a_change_wakes_the_watch_and_reaches_the_source_at_once() {
+        let dir = std::env::temp_dir().join(format!("netpol-objects-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut watch = DirWatch::new(&dir).expect("inotify");
+        std::fs::write(dir.join("p.yaml"), policy("p", "80")).expect("write");
+        let woke = tokio::time::timeout(Duration::from_secs(2), watch.changed()).await;
+        assert!(
+            matches!(woke, Ok(Ok(Watch::Held))),
+            "a write wakes the watch"
+        );
+        let moved = dir.with_extension("old");
+        let _ = std::fs::remove_dir_all(&moved);
+        std::fs::rename(&dir, &moved).expect("rename");
+        let woke = tokio::time::timeout(Duration::from_secs(2), watch.changed()).await;
+        assert!(
+            matches!(woke, Ok(Ok(Watch::Lost))),
+            "the directory moved away"
+        );
+        std::fs::rename(&moved, &dir).expect("rename back");
+
+        let (events_tx, mut events) = mpsc::channel(64);
+        let source = tokio::spawn(run(dir.clone(), events_tx));
+        // The initial list, then quiet for longer than a poll interval.
+        let mut initial = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(300), events.recv()).await
+        {
+            initial.push(event);
+        }
+        assert!(format!("{initial:?}").contains("\"p\""), "{initial:?}");
+        std::fs::write(dir.join("q.yaml"), policy("q", "81")).expect("write");
+        let sent = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = events.recv().await {
+                if format!("{event:?}").contains("\"q\"") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        source.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(sent, Ok(true), "the new policy is sent at once");
+    }
+
+    #[test]
+    fn the_directory_is_gone_only_on_its_own_events() {
+        let event = |mask: u32, name: &[u8]| {
+            let mut bytes = 1i32.to_ne_bytes().to_vec();
+            bytes.extend(mask.to_ne_bytes());
+            bytes.extend(0u32.to_ne_bytes());
+            bytes.extend((name.len() as u32).to_ne_bytes());
+            bytes.extend(name);
+            bytes
+        };
+        let created = event(libc::IN_CREATE, b"p.yaml\0\0");
+        assert!(!directory_gone(&created));
+        let mut both = created.clone();
+        both.extend(event(libc::IN_IGNORED, b""));
+        assert!(directory_gone(&both));
+        assert!(!directory_gone(&created[..10]), "a short read is no event");
     }
 }

@@ -1,0 +1,144 @@
+//! `cargo xtask bench idle`: what an agent costs on a node where nothing changes, and how long
+//! a policy change takes to hold, with the objects-dir source, on both backends, at 100 and
+//! 10,000 policies (root). The agent runs on the simulated node of the seed world; the
+//! policies select pods elsewhere in the cluster, except the one the change rounds write.
+//!
+//! Idle cost: the agent's CPU time (user + system, every thread, from /proc) over a quiet
+//! 20 s, as a share of one core. Change to enforced: a policy isolating nginx written, then
+//! removed, 20 times; each time from the file's rename to the first probe from busybox that
+//! sees the new verdict (probing every few milliseconds). Figures printed next to the targets
+//! of issue 13; recorded in `docs/CONVERGENCE-BENCH.md`; no assertion on time.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use netpol_tests::{
+    agent::{Agent, AgentOptions},
+    objects::ObjectsDir,
+    require_root,
+    scenarios::{NODE, World},
+};
+
+const QUIET: Duration = Duration::from_secs(20);
+const ROUNDS: usize = 20;
+/// A denied probe gives up after this: the resolution of a "denied" reading.
+const PROBE: Duration = Duration::from_millis(5);
+
+/// `count` policies over pods that are not on this node, 100 to a file.
+fn write_policies(objects: &ObjectsDir, count: usize) {
+    for file in 0..count.div_ceil(100) {
+        let text: String = (file * 100..((file + 1) * 100).min(count))
+            .map(|index| {
+                format!(
+                    "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: svc-{index}\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      app: svc-{index}\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          app: client-{}\n    ports:\n    - port: 80\n",
+                    index % 50
+                )
+            })
+            .collect();
+        objects.write(&format!("policies-{file:03}.yaml"), &text);
+    }
+}
+
+const ISOLATE_NGINX: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: isolate-nginx\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      run: nginx\n  ingress: []\n";
+
+/// User + system ticks of every thread of `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+}
+
+fn percentile(times: &mut [Duration], quantile: f64) -> f64 {
+    times.sort();
+    let index = ((times.len() as f64 - 1.0) * quantile).round() as usize;
+    times
+        .get(index)
+        .map_or(f64::NAN, |time| time.as_secs_f64() * 1000.0)
+}
+
+/// Times from writing (or removing) the isolating policy to the probe seeing it.
+fn change_rounds(world: &World, objects: &ObjectsDir) -> (Vec<Duration>, Vec<Duration>) {
+    let nginx: IpAddr = "10.244.1.10".parse().expect("an address");
+    let busybox = &world.node.pods[1].netns;
+    let until = |allowed: bool| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if busybox.tcp_probe_within(nginx, 80, PROBE) == allowed {
+                return start.elapsed();
+            }
+        }
+        panic!("the probe never saw allowed={allowed}");
+    };
+    let (mut deny, mut allow) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        objects.write("isolate-nginx.yaml", ISOLATE_NGINX);
+        deny.push(until(false));
+        std::fs::remove_file(objects.0.join("isolate-nginx.yaml")).expect("remove");
+        allow.push(until(true));
+    }
+    (deny, allow)
+}
+
+fn main() {
+    if !require_root("cargo xtask bench idle") {
+        return;
+    }
+    let ticks_per_second = {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 { ticks as f64 } else { 100.0 }
+    };
+    println!("Objects-dir source; the seed world's node; targets of issue 13:");
+    println!("  idle < 1 % of a core; change to enforced p50 <= 100 ms, p99 <= 300 ms (eBPF),");
+    println!("  iptables within 2x of eBPF.");
+    for backend in ["ebpf", "iptables"] {
+        for policies in [100, 10_000] {
+            let world = World::build();
+            let objects = ObjectsDir::new("bench-idle");
+            write_policies(&objects, policies);
+            let started = Instant::now();
+            let mut agent = Agent::start(
+                &world.node.node,
+                AgentOptions {
+                    node_name: NODE.to_owned(),
+                    source: vec!["--objects-dir".to_owned(), objects.0.display().to_string()],
+                    extra: vec![
+                        "--backend".to_owned(),
+                        backend.to_owned(),
+                        "--service-cidr".to_owned(),
+                        "10.96.0.0/16".to_owned(),
+                    ],
+                    pin_dir: None,
+                },
+            )
+            .expect("the agent starts");
+            agent
+                .wait_ready(&world.node.node, Duration::from_secs(120))
+                .expect("the agent gets ready");
+            let ready = started.elapsed();
+            let pid = agent.pid().expect("the agent runs");
+            std::thread::sleep(Duration::from_secs(3));
+            let before = cpu_ticks(pid);
+            std::thread::sleep(QUIET);
+            let used = (cpu_ticks(pid) - before) as f64 / ticks_per_second;
+            let (mut deny, mut allow) = change_rounds(&world, &objects);
+            println!(
+                "{backend:>8}, {policies:>6} policies: idle {:.2} % of a core; change to enforced: deny p50 {:.0} ms p99 {:.0} ms, allow p50 {:.0} ms p99 {:.0} ms; start to ready {:.2} s",
+                used * 100.0 / QUIET.as_secs_f64(),
+                percentile(&mut deny, 0.5),
+                percentile(&mut deny, 0.99),
+                percentile(&mut allow, 0.5),
+                percentile(&mut allow, 0.99),
+                ready.as_secs_f64(),
+            );
+            agent.stop();
+        }
+    }
+}
