@@ -979,16 +979,10 @@ fn an_unknown_pod_interface_is_closed_both_ways() {
 }
 
 /// Kernel 4.19's verifier gives up after 131,072 processed instructions per program, and it
-/// prunes less than the kernels the matrix boots: every program should stay within half of
-/// that as the kernel under test counts it (on 5.10 from the verifier log's statistics, where
-/// there is no `verified_insns` yet). The counts are printed for docs/DATAPATH-BENCH.md.
+/// prunes less than the kernels the matrix boots: every program stays within half of that as
+/// the kernel under test counts it (on 5.10 from the verifier log's statistics, where there is
+/// no `verified_insns` yet). The counts are printed for docs/DATAPATH-BENCH.md.
 const VERIFIER_BUDGET: u32 = 65_536;
-
-/// The programs known to be over the budget (docs/DATAPATH-BENCH.md: 5.10 processes up to
-/// 724,595 instructions of `netpol_to_pod`), so that 4.19 cannot load them and the automatic
-/// backend choice falls back to iptables there. The list only shrinks: a listed program that
-/// comes within the budget fails the test until it is taken off.
-const OVER_BUDGET: [&str; 3] = ["netpol_from_pod", "netpol_to_pod", "netpol_to_uplink"];
 
 #[test]
 fn every_program_verifies_within_half_the_4_19_limit() {
@@ -1019,30 +1013,9 @@ fn every_program_verifies_within_half_the_4_19_limit() {
             assert_eq!(verified, *processed, "{name}: the kernel's verified_insns");
         }
     }
-    let over: Vec<&str> = counts
+    let over: Vec<_> = counts
         .iter()
         .filter(|(_, processed)| *processed > VERIFIER_BUDGET)
-        .map(|(name, _)| name.as_str())
         .collect();
-    let newly_over: Vec<&&str> = over
-        .iter()
-        .filter(|name| !OVER_BUDGET.contains(name))
-        .collect();
-    assert!(
-        newly_over.is_empty(),
-        "over {VERIFIER_BUDGET} processed instructions: {newly_over:?} ({counts:?})"
-    );
-    // The list is kept as 5.10 counts, the matrix's kernel closest to 4.19 (later verifiers
-    // prune more: 6.12 takes 108,763 of `netpol_to_pod`).
-    let before_5_16 = aya::util::KernelVersion::current()
-        .is_ok_and(|kernel| kernel < aya::util::KernelVersion::new(5, 16, 0));
-    let now_within: Vec<&&str> = OVER_BUDGET
-        .iter()
-        .filter(|name| before_5_16 && !over.contains(name))
-        .collect();
-    assert!(
-        now_within.is_empty(),
-        "{now_within:?} now verify within the budget on this kernel: take them off OVER_BUDGET \
-         ({counts:?})"
-    );
+    assert!(over.is_empty(), "over {VERIFIER_BUDGET}: {over:?}");
 }

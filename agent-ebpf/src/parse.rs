@@ -57,11 +57,43 @@ pub struct Fragment {
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
     let ethertype: [u8; 2] = ctx.load(12).map_err(|_| DropReason::Malformed)?;
-    match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_ipv4(ctx).map(Some),
-        ETH_P_IPV6 => parse_ipv6(ctx).map(Some),
-        _ => Ok(None),
-    }
+    let packet = match u16::from_be_bytes(ethertype) {
+        ETH_P_IP => parse_ipv4(ctx)?,
+        ETH_P_IPV6 => parse_ipv6(ctx)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(launder(ctx, packet)))
+}
+
+/// The packet's scalar fields as values the verifier cannot know. Each way through the parse
+/// (IPv4 or IPv6, each extension header, fragment or not) leaves them as constants or ranges
+/// of its own, and every such state would walk the whole decision separately (4.19's
+/// verifier stops at 131,072 processed instructions). Written to the skb's control buffer,
+/// which is scratch space for tc programs, and read back, they are plain unknowns, so the
+/// states meet and are pruned. `cb[2..5]` here; `verdict::launder` uses `cb[0..2]`.
+#[inline(always)]
+fn launder(ctx: &TcContext, mut packet: Packet) -> Packet {
+    let skb = ctx.skb.skb;
+    let flags = (u32::from(packet.fragment.later) << 9)
+        | (u32::from(packet.fragment.first_of_many) << 8)
+        | u32::from(packet.protocol);
+    // SAFETY: `skb` is the context the kernel passed in; `cb` is writable by tc programs.
+    let (id, offset, flags) = unsafe {
+        write_volatile(&mut (*skb).cb[2], packet.fragment.id);
+        write_volatile(&mut (*skb).cb[3], packet.l4_offset as u32);
+        write_volatile(&mut (*skb).cb[4], flags);
+        (
+            core::ptr::read_volatile(&(*skb).cb[2]),
+            core::ptr::read_volatile(&(*skb).cb[3]),
+            core::ptr::read_volatile(&(*skb).cb[4]),
+        )
+    };
+    packet.fragment.id = id;
+    packet.l4_offset = (offset & 0xffff) as usize;
+    packet.protocol = flags as u8;
+    packet.fragment.first_of_many = flags & (1 << 8) != 0;
+    packet.fragment.later = flags & (1 << 9) != 0;
+    packet
 }
 
 #[inline(always)]

@@ -239,30 +239,29 @@ pub fn decide(
     if transport.icmp == Icmp::Error && icmp_error_is_related(ctx, config, packet, now) {
         return Verdict::PASS;
     }
+    let (protocol, transport) = launder(ctx, packet.protocol, &transport);
     // The reply direction first, then the key is turned around to the packet's own direction.
     let mut key = CtKey {
         src: packet.dst,
         dst: packet.src,
         sport: transport.dport,
         dport: transport.sport,
-        protocol: u32::from(packet.protocol),
+        protocol: u32::from(protocol),
     };
-    if let Some(entry) = lookup_live(&key, packet.protocol, now, config) {
-        refresh(entry, packet.protocol, transport.tcp_flags, true, now);
+    if let Some(entry) = lookup_live(&key, protocol, now, config) {
+        refresh(entry, protocol, transport.tcp_flags, true, now);
         passed_first_fragment(packet, now);
         // SAFETY: see `conntrack::lookup_live`.
         count_rule(ctx, unsafe { (*entry).rule });
         return Verdict::PASS;
     }
     key.reverse();
-    let mut existing = lookup_live(&key, packet.protocol, now, config);
+    let mut existing = lookup_live(&key, protocol, now, config);
     let (mut flags, mut rule) = (0, 0);
     if let Some(entry) = existing {
         // SAFETY: see `conntrack::lookup_live`.
         let (entry_flags, entry_rule) = unsafe { ((*entry).flags, (*entry).rule) };
-        if entry_flags & CT_CLOSING != 0
-            && is_new_tcp_connection(packet.protocol, transport.tcp_flags)
-        {
+        if entry_flags & CT_CLOSING != 0 && is_new_tcp_connection(protocol, transport.tcp_flags) {
             existing = None;
         } else {
             (flags, rule) = (entry_flags, entry_rule);
@@ -280,13 +279,7 @@ pub fn decide(
                 decided |= CT_EGRESS_DEFERRED;
             } else {
                 let class = class_of(&packet.dst, set);
-                match lookup_allow(
-                    set,
-                    class,
-                    DIR_EGRESS,
-                    packet.protocol,
-                    transport.policy_port,
-                ) {
+                match lookup_allow(set, class, DIR_EGRESS, protocol, transport.policy_port) {
                     NO_RULE => {
                         let drop = side_drop(packet, src, DIR_EGRESS);
                         if config.flags & CONFIG_EVENTS != 0 {
@@ -307,13 +300,7 @@ pub fn decide(
         && hook != Hook::FromNode
     {
         let class = class_of(&packet.src, set);
-        match lookup_allow(
-            set,
-            class,
-            DIR_INGRESS,
-            packet.protocol,
-            transport.policy_port,
-        ) {
+        match lookup_allow(set, class, DIR_INGRESS, protocol, transport.policy_port) {
             NO_RULE => {
                 let drop = side_drop(packet, dst, DIR_INGRESS);
                 if config.flags & CONFIG_EVENTS != 0 {
@@ -335,13 +322,50 @@ pub fn decide(
                 (*entry).flags |= decided;
                 (*entry).rule = rule;
             }
-            refresh(entry, packet.protocol, transport.tcp_flags, false, now);
+            refresh(entry, protocol, transport.tcp_flags, false, now);
         }
         None => create(&key, decided, rule, transport.tcp_flags, now),
     }
     passed_first_fragment(packet, now);
     count_rule(ctx, rule);
     Verdict::PASS
+}
+
+/// The protocol and transport fields as values the verifier cannot know: each way through the
+/// parse leaves them as constants of its own (a protocol, an ICMP kind, zero ports), and
+/// every such state would walk the rest of the decision separately. Written to the skb's
+/// control buffer (scratch space for tc programs) and read back, they are plain unknowns, so
+/// the states meet and are pruned.
+#[inline(always)]
+fn launder(ctx: &TcContext, protocol: u8, transport: &Transport) -> (u8, Transport) {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the context the kernel passed in; `cb` is writable by tc programs.
+    let (ports, rest) = unsafe {
+        core::ptr::write_volatile(
+            &mut (*skb).cb[0],
+            (u32::from(transport.sport) << 16) | u32::from(transport.dport),
+        );
+        core::ptr::write_volatile(
+            &mut (*skb).cb[1],
+            (u32::from(transport.policy_port) << 16)
+                | (u32::from(transport.tcp_flags) << 8)
+                | u32::from(protocol),
+        );
+        (
+            core::ptr::read_volatile(&(*skb).cb[0]),
+            core::ptr::read_volatile(&(*skb).cb[1]),
+        )
+    };
+    (
+        rest as u8,
+        Transport {
+            sport: (ports >> 16) as u16,
+            dport: ports as u16,
+            policy_port: (rest >> 16) as u16,
+            tcp_flags: (rest >> 8) as u8,
+            icmp: Icmp::None,
+        },
+    )
 }
 
 /// Whether an ICMP error quotes a packet of a tracked connection (either direction).
