@@ -6,8 +6,10 @@
 //! Idle cost: the agent's CPU time (user + system, every thread, from /proc) over a quiet
 //! 20 s, as a share of one core. Change to enforced: a policy isolating nginx written, then
 //! removed, 20 times; each time from the file's rename to the first probe from busybox that
-//! sees the new verdict (probing every few milliseconds). Figures printed next to the targets
-//! of issue 13; recorded in `docs/CONVERGENCE-BENCH.md`; no assertion on time.
+//! sees the new verdict (probing every few milliseconds). Start to ready: a node of 110 pods,
+//! each selected by one of 10,000 policies, from process start to every pod enforced, then
+//! again for a restart that finds the pinned state. Figures printed next to the targets of
+//! issue 13; recorded in `docs/CONVERGENCE-BENCH.md`; no assertion on time.
 
 use std::{
     net::IpAddr,
@@ -16,6 +18,7 @@ use std::{
 
 use netpol_tests::{
     agent::{Agent, AgentOptions},
+    netns::SimulatedNode,
     objects::ObjectsDir,
     require_root,
     scenarios::{NODE, World},
@@ -94,6 +97,57 @@ fn change_rounds(world: &World, objects: &ObjectsDir) -> (Vec<Duration>, Vec<Dur
     (deny, allow)
 }
 
+const NODE_PODS: usize = 110;
+
+/// Process start to ready on a node of [`NODE_PODS`] pods, each selected by one of 10,000
+/// policies; then the same for a restart that finds the first run's pins.
+fn start_to_ready(backend: &str, flags: &[&str]) -> (Duration, Duration) {
+    let mut node = SimulatedNode::new("10.244.0.0/16", &[]);
+    let objects = ObjectsDir::new("bench-start");
+    let mut pods = String::new();
+    for index in 0..NODE_PODS {
+        let ip = format!("10.244.{}.{}", 2 + index / 200, 2 + index % 200);
+        node.add_pod(&ip);
+        pods.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{index}\n  namespace: default\n  labels:\n    app: svc-{index}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: main\n    image: busybox\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n"
+        ));
+    }
+    // Only this node's pods: the seed world's cluster file is replaced.
+    objects.write(
+        "cluster.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n",
+    );
+    objects.write("node-pods.yaml", &pods);
+    write_policies(&objects, 10_000);
+    let start = |pin_dir: Option<std::path::PathBuf>| {
+        let started = Instant::now();
+        let mut agent = Agent::start(
+            &node.node,
+            AgentOptions {
+                node_name: NODE.to_owned(),
+                source: vec!["--objects-dir".to_owned(), objects.0.display().to_string()],
+                extra: ["--backend", backend, "--service-cidr", "10.96.0.0/16"]
+                    .iter()
+                    .chain(flags)
+                    .map(|arg| (*arg).to_owned())
+                    .collect(),
+                pin_dir,
+            },
+        )
+        .expect("the agent starts");
+        agent
+            .wait_ready(&node.node, Duration::from_secs(120))
+            .expect("the agent gets ready");
+        (agent, started.elapsed())
+    };
+    let (mut first, cold) = start(None);
+    first.cleanup_on_drop = false;
+    first.stop();
+    let (second, restart) = start(Some(first.pin_dir.clone()));
+    drop(second);
+    (cold, restart)
+}
+
 fn main() {
     if !require_root("cargo xtask bench idle") {
         return;
@@ -148,5 +202,22 @@ fn main() {
             );
             agent.stop();
         }
+    }
+    println!(
+        "Start to ready, {NODE_PODS} local pods each selected by one of 10,000 policies (target <= 1 s):"
+    );
+    // tcx links (the default where the kernel has them) and cls_bpf filters (`--legacy-tc`).
+    for (backend, flags) in [
+        ("ebpf", &[][..]),
+        ("ebpf", &["--legacy-tc"][..]),
+        ("iptables", &[][..]),
+    ] {
+        let (cold, restart) = start_to_ready(backend, flags);
+        println!(
+            "{backend:>8} {:<13}: start {:.2} s, restart over its own state {:.2} s",
+            flags.join(" "),
+            cold.as_secs_f64(),
+            restart.as_secs_f64()
+        );
     }
 }
