@@ -7,9 +7,9 @@
 use std::process::Command;
 
 use anyhow::Result;
-use xtask::EBPF_OBJECT_ENV;
+use xtask::{EBPF_OBJECT_ENV, KUBE_APISERVER_ENV};
 
-use crate::{build_ebpf, exec};
+use crate::{build_ebpf, exec, kube};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -38,6 +38,11 @@ enum Target {
     /// objects-dir source, both backends, 100 and 10,000 policies (`tests/benches/idle.rs`,
     /// figures in `docs/CONVERGENCE-BENCH.md`; needs root).
     Idle,
+    /// The kube source against a real API server holding a synthetic cluster (10,000 pods
+    /// and policies by default; `NETPOL_SCALE_PODS`, `NETPOL_SCALE_POLICIES`): start to
+    /// ready, memory, idle CPU, change to enforced (`tests/benches/scale.rs`, figures in
+    /// `docs/SCALE-BENCH.md`; needs root).
+    Scale,
 }
 
 impl Target {
@@ -49,6 +54,7 @@ impl Target {
             Self::Iptables => ("netpol-agent", "iptables"),
             Self::Cni => ("netpol-tests", "cni"),
             Self::Idle => ("netpol-tests", "idle"),
+            Self::Scale => ("netpol-tests", "scale"),
         }
     }
 }
@@ -56,7 +62,7 @@ impl Target {
 pub fn run(options: &Options) -> Result<()> {
     let object = build_ebpf::run(&build_ebpf::Options::default())?;
     let (package, bench) = options.target.bench();
-    if let Target::Cni | Target::Idle = options.target {
+    if let Target::Cni | Target::Idle | Target::Scale = options.target {
         // The bench runs the agent (and the plugin) binaries, which it does not build itself.
         exec::run(
             Command::new("cargo")
@@ -73,10 +79,16 @@ pub fn run(options: &Options) -> Result<()> {
                 .args(["--package", "netpol-cni", "--bin", "netpol-cni"]),
         )?;
     }
-    exec::run(
-        Command::new("cargo")
-            .current_dir(exec::workspace_root())
-            .env(EBPF_OBJECT_ENV, &object)
-            .args(["bench", "--package", package, "--bench", bench]),
-    )
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(exec::workspace_root())
+        .env(EBPF_OBJECT_ENV, &object)
+        .args(["bench", "--package", package, "--bench", bench]);
+    if let Target::Scale = options.target {
+        // A real API server: the cached Kubernetes binaries (built the first time) and etcd.
+        let kube = kube::ensure_kube()?;
+        kube::etcd_binary()?;
+        command.env(KUBE_APISERVER_ENV, kube.get("kube-apiserver"));
+    }
+    exec::run(&mut command)
 }
