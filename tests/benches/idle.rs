@@ -18,6 +18,7 @@ use std::{
 
 use netpol_tests::{
     agent::{Agent, AgentOptions},
+    measure::{cpu_ticks, percentile_ms, ticks_per_second},
     netns::SimulatedNode,
     objects::ObjectsDir,
     require_root,
@@ -45,26 +46,6 @@ fn write_policies(objects: &ObjectsDir, count: usize) {
 }
 
 const ISOLATE_NGINX: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: isolate-nginx\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      run: nginx\n  ingress: []\n";
-
-/// User + system ticks of every thread of `pid` so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|field| field.parse().unwrap_or(0))
-        .collect();
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
-}
-
-fn percentile(times: &mut [Duration], quantile: f64) -> f64 {
-    times.sort();
-    let index = ((times.len() as f64 - 1.0) * quantile).round() as usize;
-    times
-        .get(index)
-        .map_or(f64::NAN, |time| time.as_secs_f64() * 1000.0)
-}
 
 /// Times from writing (or removing) the isolating policy to the probe seeing it.
 fn change_rounds(world: &World, objects: &ObjectsDir) -> (Vec<Duration>, Vec<Duration>) {
@@ -152,11 +133,6 @@ fn main() {
     if !require_root("cargo xtask bench idle") {
         return;
     }
-    let ticks_per_second = {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if ticks > 0 { ticks as f64 } else { 100.0 }
-    };
     println!("Objects-dir source; the seed world's node; targets of issue 13:");
     println!("  idle < 1 % of a core; change to enforced p50 <= 100 ms, p99 <= 300 ms (eBPF),");
     println!("  iptables within 2x of eBPF.");
@@ -189,15 +165,15 @@ fn main() {
             std::thread::sleep(Duration::from_secs(3));
             let before = cpu_ticks(pid);
             std::thread::sleep(QUIET);
-            let used = (cpu_ticks(pid) - before) as f64 / ticks_per_second;
+            let used = (cpu_ticks(pid) - before) as f64 / ticks_per_second();
             let (mut deny, mut allow) = change_rounds(&world, &objects);
             println!(
                 "{backend:>8}, {policies:>6} policies: idle {:.2} % of a core; change to enforced: deny p50 {:.0} ms p99 {:.0} ms, allow p50 {:.0} ms p99 {:.0} ms; start to ready {:.2} s",
                 used * 100.0 / QUIET.as_secs_f64(),
-                percentile(&mut deny, 0.5),
-                percentile(&mut deny, 0.99),
-                percentile(&mut allow, 0.5),
-                percentile(&mut allow, 0.99),
+                percentile_ms(&mut deny, 0.5),
+                percentile_ms(&mut deny, 0.99),
+                percentile_ms(&mut allow, 0.5),
+                percentile_ms(&mut allow, 0.99),
                 ready.as_secs_f64(),
             );
             agent.stop();

@@ -26,6 +26,7 @@ use kube::{
 use netpol_tests::{
     agent::{Agent, AgentOptions},
     apiserver::{NodeApiServer, Who, apply_rbac},
+    measure::{cpu_ticks, percentile_ms, ticks_per_second},
     require_root,
     scenarios::{NODE, PODS, World},
 };
@@ -168,25 +169,6 @@ fn memory(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// User + system ticks of every thread of `pid` so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|field| field.parse().unwrap_or(0))
-        .collect();
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
-}
-
-fn percentile(times: &mut [Duration], quantile: f64) -> f64 {
-    times.sort();
-    let index = ((times.len() as f64 - 1.0) * quantile).round() as usize;
-    times
-        .get(index)
-        .map_or(f64::NAN, |time| time.as_secs_f64() * 1000.0)
-}
-
 fn main() {
     if !require_root("cargo xtask bench scale") {
         return;
@@ -238,11 +220,7 @@ fn measure(world: &World, server: &NodeApiServer, backend: &str) {
     let pid = agent.pid().expect("the agent runs");
     std::thread::sleep(Duration::from_secs(3));
     let (rss, peak) = memory(pid);
-    // SAFETY: sysconf has no preconditions.
-    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        ticks if ticks > 0 => ticks as f64,
-        _ => 100.0,
-    };
+    let ticks = ticks_per_second();
     let before = cpu_ticks(pid);
     std::thread::sleep(QUIET);
     let idle = (cpu_ticks(pid) - before) as f64 / ticks * 100.0 / QUIET.as_secs_f64();
@@ -293,10 +271,10 @@ fn measure(world: &World, server: &NodeApiServer, backend: &str) {
     );
     println!(
         "  {backend:>8}: change to enforced (API call returned -> probe flipped): deny p50 {:.0} ms p99 {:.0} ms, allow p50 {:.0} ms p99 {:.0} ms",
-        percentile(&mut deny, 0.5),
-        percentile(&mut deny, 0.99),
-        percentile(&mut allow, 0.5),
-        percentile(&mut allow, 0.99)
+        percentile_ms(&mut deny, 0.5),
+        percentile_ms(&mut deny, 0.99),
+        percentile_ms(&mut allow, 0.5),
+        percentile_ms(&mut allow, 0.99)
     );
     agent.stop();
 }

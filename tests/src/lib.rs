@@ -16,6 +16,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod clusters;
 pub mod conformance;
+pub mod measure;
 pub mod netns;
 pub mod objects;
 pub mod packet;

@@ -1343,26 +1343,17 @@ fn dump_conntrack(
         } else {
             "opening"
         };
-        let flags = if numeric {
-            format!("{:#x}", entry.flags)
-        } else {
-            let named: Vec<&str> = [
+        let flags = flags_text(
+            entry.flags,
+            numeric,
+            &[
                 (CT_EGRESS_ALLOWED, "egress-allowed"),
                 (CT_INGRESS_ALLOWED, "ingress-allowed"),
                 (CT_EGRESS_DEFERRED, "egress-after-dnat"),
                 (CT_FIN_ORIGINAL, "fin-original"),
                 (CT_FIN_REPLY, "fin-reply"),
-            ]
-            .into_iter()
-            .filter(|(bit, _)| entry.flags & bit != 0)
-            .map(|(_, name)| name)
-            .collect();
-            if named.is_empty() {
-                "-".to_owned()
-            } else {
-                named.join(",")
-            }
-        };
+            ],
+        );
         let mut row = vec![
             end(src, key.sport),
             end(dst, key.dport),
@@ -1386,6 +1377,24 @@ fn dump_conntrack(
         table.row(row);
     }
     Ok(table)
+}
+
+/// A connection's flag bits: hex with `numeric`, else the names of the set ones (`-` for
+/// none).
+fn flags_text(flags: u32, numeric: bool, names: &[(u32, &str)]) -> String {
+    if numeric {
+        return format!("{flags:#x}");
+    }
+    let named: Vec<&str> = names
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if named.is_empty() {
+        "-".to_owned()
+    } else {
+        named.join(",")
+    }
 }
 
 /// `netpol-agent ct list`: the connections the datapath tracks, named: the eBPF
@@ -1492,20 +1501,7 @@ fn kernel_connections(
             || "-".to_owned(),
             |start| format!("{:.1}", now_ns.saturating_sub(start) as f64 / 1e9),
         );
-        let flags = if numeric {
-            format!("{:#x}", connection.status)
-        } else {
-            let named: Vec<&str> = kernel_conntrack::STATUS_NAMES
-                .into_iter()
-                .filter(|(bit, _)| connection.status & bit != 0)
-                .map(|(_, name)| name)
-                .collect();
-            if named.is_empty() {
-                "-".to_owned()
-            } else {
-                named.join(",")
-            }
-        };
+        let flags = flags_text(connection.status, numeric, &kernel_conntrack::STATUS_NAMES);
         let rule = rule_of(&ingress).or_else(|| rule_of(&egress));
         let mut row = vec![
             end(original.src, original.sport),
