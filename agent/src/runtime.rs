@@ -1448,7 +1448,7 @@ impl Pending {
 }
 
 /// Whether a Pod object's status lists one of `addresses`.
-fn lists_any(pod: &k8s_openapi::api::core::v1::Pod, addresses: &[String]) -> bool {
+fn lists_any(pod: &crate::source::SlimPod, addresses: &[String]) -> bool {
     let Some(status) = &pod.status else {
         return false;
     };
@@ -1523,7 +1523,7 @@ mod tests {
             "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
         }))
         .expect("pod");
-        ClusterObject::Pod(Box::new(pod))
+        ClusterObject::Pod(Box::new(pod.into()))
     }
 
     fn deny_all_ingress() -> ClusterObject {
@@ -1752,7 +1752,7 @@ mod tests {
             "status": {"phase": "Pending"},
         }))
         .expect("pod");
-        ClusterObject::Pod(Box::new(pod))
+        ClusterObject::Pod(Box::new(pod.into()))
     }
 
     fn owner_of(runtime: &Runtime<FakeBackend>, ip: &str) -> Option<String> {

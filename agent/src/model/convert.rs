@@ -95,7 +95,7 @@ pub fn namespace(namespace: &core::Namespace) -> Converted<Namespace> {
 }
 
 /// Converts a pod.
-pub fn pod(pod: &core::Pod) -> Converted<Pod> {
+pub fn pod(pod: &crate::source::SlimPod) -> Converted<Pod> {
     let namespace = pod
         .metadata
         .namespace
@@ -791,7 +791,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let converted = pod(&api_pod);
+        let converted = pod(&api_pod.clone().into());
         let p = converted.object.expect("pod");
         assert_eq!(p.ips.len(), 2);
         assert_eq!(p.ports.len(), 2);
@@ -801,7 +801,13 @@ mod tests {
         if let Some(status) = api_pod.status.as_mut() {
             status.phase = Some("Succeeded".to_owned());
         }
-        assert!(pod(&api_pod).object.expect("pod").ips.is_empty());
+        assert!(
+            pod(&api_pod.clone().into())
+                .object
+                .expect("pod")
+                .ips
+                .is_empty()
+        );
     }
 
     #[test]

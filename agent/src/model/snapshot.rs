@@ -43,7 +43,7 @@ impl Snapshot {
             }
         }
         for pod in pods {
-            let converted = convert::pod(pod);
+            let converted = convert::pod(&crate::source::SlimPod::from(pod.clone()));
             rejections.extend(converted.rejections);
             if let Some(pod) = converted.object {
                 snapshot.apply(Change::ApplyPod(pod));

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use k8s_openapi::{
     api::{
         core::v1::{
-            ConfigMap, Container, ContainerPort, LoadBalancerIngress, LoadBalancerStatus,
-            Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec, ServiceStatus,
+            ConfigMap, Container, LoadBalancerIngress, LoadBalancerStatus, Namespace, Pod, Service,
+            ServiceSpec, ServiceStatus,
         },
         networking::v1::NetworkPolicy,
     },
@@ -84,7 +84,7 @@ impl std::fmt::Display for ObjectId {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClusterObject {
     Namespace(Box<Namespace>),
-    Pod(Box<Pod>),
+    Pod(Box<SlimPod>),
     NetworkPolicy(Box<NetworkPolicy>),
     ConfigMap(Box<ConfigMap>),
     /// Its addresses ([`slim_service`]).
@@ -200,49 +200,155 @@ fn slim_metadata(metadata: ObjectMeta) -> ObjectMeta {
     }
 }
 
-/// What `model::convert::pod` reads: labels, node, host network, the container ports of
-/// containers and sidecars (named ports), the phase and the addresses.
-fn slim_pod(pod: Pod) -> Pod {
-    let slim_container = |container: Container| Container {
-        name: container.name,
-        restart_policy: container.restart_policy,
-        ports: container.ports.map(|ports| {
-            ports
-                .into_iter()
-                .map(|port| ContainerPort {
-                    name: port.name,
-                    container_port: port.container_port,
-                    protocol: port.protocol,
-                    ..ContainerPort::default()
-                })
-                .collect()
-        }),
-        ..Container::default()
-    };
-    let spec = pod.spec.map(|spec| PodSpec {
-        node_name: spec.node_name,
-        host_network: spec.host_network,
-        containers: spec.containers.into_iter().map(slim_container).collect(),
-        init_containers: spec.init_containers.map(|containers| {
+/// A Pod as the agent keeps it: only what `model::convert::pod` reads (labels, node, host
+/// network, the container ports of containers and sidecars, the phase and the addresses),
+/// decoded straight from the API's JSON or the objects file, every other field skipped. Every
+/// node holds every Pod of the cluster; as k8s-openapi's `Pod`, even a slimmed copy took
+/// 2,176 bytes and 2,120 more per container for fields that are always empty (a third of the
+/// agent's heap at 10,000 pods, docs/SCALE-BENCH.md). Same field names as the API's.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct SlimPod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<SlimPodSpec>,
+    #[serde(default)]
+    pub status: Option<SlimPodStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodSpec {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub host_network: Option<bool>,
+    #[serde(default)]
+    pub containers: Vec<SlimContainer>,
+    #[serde(default)]
+    pub init_containers: Option<Vec<SlimContainer>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimContainer {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub restart_policy: Option<String>,
+    #[serde(default)]
+    pub ports: Option<Vec<SlimContainerPort>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimContainerPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub container_port: i32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Option<Vec<SlimPodIp>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct SlimPodIp {
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// The API's kind, group and version of Pods, for decoding watched objects as `SlimPod`s.
+impl ::kube::Resource for SlimPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(dynamic: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as ::kube::Resource>::kind(dynamic)
+    }
+
+    fn group(dynamic: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as ::kube::Resource>::group(dynamic)
+    }
+
+    fn version(dynamic: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as ::kube::Resource>::version(dynamic)
+    }
+
+    fn plural(dynamic: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as ::kube::Resource>::plural(dynamic)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A full Pod's slim copy (tests build pods as the API's type).
+impl From<Pod> for SlimPod {
+    fn from(pod: Pod) -> Self {
+        let container = |container: Container| SlimContainer {
+            name: container.name,
+            restart_policy: container.restart_policy,
+            ports: container.ports.map(|ports| {
+                ports
+                    .into_iter()
+                    .map(|port| SlimContainerPort {
+                        name: port.name,
+                        container_port: port.container_port,
+                        protocol: port.protocol,
+                    })
+                    .collect()
+            }),
+        };
+        Self {
+            metadata: pod.metadata,
+            spec: pod.spec.map(|spec| SlimPodSpec {
+                node_name: spec.node_name,
+                host_network: spec.host_network,
+                containers: spec.containers.into_iter().map(container).collect(),
+                init_containers: spec
+                    .init_containers
+                    .map(|containers| containers.into_iter().map(container).collect()),
+            }),
+            status: pod.status.map(|status| SlimPodStatus {
+                phase: status.phase,
+                pod_ip: status.pod_ip,
+                pod_ips: status
+                    .pod_ips
+                    .map(|ips| ips.into_iter().map(|ip| SlimPodIp { ip: ip.ip }).collect()),
+            }),
+        }
+    }
+}
+
+/// Name, namespace, labels and uid; only the init containers that keep running (sidecars:
+/// they serve ports).
+fn slim_pod(mut pod: SlimPod) -> SlimPod {
+    pod.metadata = slim_metadata(pod.metadata);
+    if let Some(spec) = &mut pod.spec {
+        spec.init_containers = spec.init_containers.take().map(|containers| {
             containers
                 .into_iter()
                 .filter(|container| container.restart_policy.as_deref() == Some("Always"))
-                .map(slim_container)
                 .collect()
-        }),
-        ..PodSpec::default()
-    });
-    let status = pod.status.map(|status| PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        pod_ips: status.pod_ips,
-        ..PodStatus::default()
-    });
-    Pod {
-        metadata: slim_metadata(pod.metadata),
-        spec,
-        status,
+        });
     }
+    pod
 }
 
 /// What the agent keeps of a Service: its name and the addresses kube-proxy DNATs on a node
@@ -384,7 +490,7 @@ mod tests {
 
     #[test]
     fn slim_copies_convert_exactly_as_the_full_objects_and_are_much_smaller() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
+        let json = serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"},
                          "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "1"}]},
@@ -401,25 +507,39 @@ mod tests {
                        "podIPs": [{"ip": "10.244.1.10"}, {"ip": "fd00::a"}],
                        "conditions": [{"type": "Ready", "status": "True"}],
                        "containerStatuses": [{"name": "main", "image": "nginx", "imageID": "x", "ready": true, "restartCount": 0}]},
-        }))
-        .expect("a pod");
-        let full = ClusterObject::Pod(Box::new(pod.clone()));
-        let slim = full.clone().slim();
+        });
+        // Decoded straight into the slim type, as both sources do, and slimmed.
+        let decoded: SlimPod = serde_json::from_value(json.clone()).expect("a slim pod");
+        let slim = ClusterObject::Pod(Box::new(decoded)).slim();
         let ClusterObject::Pod(slim_pod) = &slim else {
             panic!("a pod")
         };
+        let model = crate::model::convert::pod(slim_pod)
+            .object
+            .expect("a model pod");
+        let full: Pod = serde_json::from_value(json).expect("a pod");
         assert_eq!(
-            crate::model::convert::pod(slim_pod).object,
-            crate::model::convert::pod(&pod).object
+            Some(&model),
+            crate::model::convert::pod(&SlimPod::from(full))
+                .object
+                .as_ref()
         );
-        let size = |object: &Pod| serde_json::to_string(object).expect("json").len();
-        assert!(
-            size(slim_pod) * 10 < size(&pod),
-            "{} against {}",
-            size(slim_pod),
-            size(&pod)
-        );
-        assert_eq!(slim.id(), full.id());
+        // The container's and the sidecar's named ports; not the one of the init container
+        // that ends.
+        let names: Vec<&str> = model
+            .ports
+            .iter()
+            .filter_map(|port| port.name.as_deref())
+            .collect();
+        assert_eq!(names, ["http", "admin"]);
+        assert_eq!(model.ips.len(), 2);
+        assert!(slim_pod.metadata.annotations.is_none());
+        assert!(slim_pod.metadata.owner_references.is_none());
+        // A pod of one container, before its strings.
+        let kept = std::mem::size_of::<SlimPod>() + std::mem::size_of::<SlimContainer>();
+        let full = std::mem::size_of::<Pod>() + std::mem::size_of::<Container>();
+        assert!(kept * 6 < full, "{kept} bytes against {full}");
+        assert_eq!(slim.id().name, "web-1");
 
         let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "shop", "annotations": {"a": "b"}},

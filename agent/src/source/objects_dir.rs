@@ -620,7 +620,9 @@ fn collect(
     let id = identify(&kind, &value);
     let object = match kind.as_str() {
         "Namespace" => serde_yaml::from_value(value).map(|o| ClusterObject::Namespace(Box::new(o))),
-        "Pod" => serde_yaml::from_value(value).map(|o| ClusterObject::Pod(Box::new(o))),
+        "Pod" => {
+            serde_yaml::from_value::<super::SlimPod>(value).map(|o| ClusterObject::Pod(Box::new(o)))
+        }
         "NetworkPolicy" => {
             serde_yaml::from_value(value).map(|o| ClusterObject::NetworkPolicy(Box::new(o)))
         }
