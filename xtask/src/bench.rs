@@ -43,6 +43,11 @@ enum Target {
     /// ready, memory, idle CPU, change to enforced (`tests/benches/scale.rs`, figures in
     /// `docs/SCALE-BENCH.md`; needs root).
     Scale,
+    /// Real connections through a simulated node of 110 pods with 100 and 10,000 policies:
+    /// request/response, new connections and bulk (iperf3), no enforcement against each
+    /// backend interleaved, and the programs' run time from the kernel's BPF statistics
+    /// (`tests/benches/traffic.rs`, figures in `docs/TRAFFIC-BENCH.md`; needs root).
+    Traffic,
 }
 
 impl Target {
@@ -55,6 +60,7 @@ impl Target {
             Self::Cni => ("netpol-tests", "cni"),
             Self::Idle => ("netpol-tests", "idle"),
             Self::Scale => ("netpol-tests", "scale"),
+            Self::Traffic => ("netpol-tests", "traffic"),
         }
     }
 }
@@ -62,7 +68,7 @@ impl Target {
 pub fn run(options: &Options) -> Result<()> {
     let object = build_ebpf::run(&build_ebpf::Options::default())?;
     let (package, bench) = options.target.bench();
-    if let Target::Cni | Target::Idle | Target::Scale = options.target {
+    if let Target::Cni | Target::Idle | Target::Scale | Target::Traffic = options.target {
         // The bench runs the agent (and the plugin) binaries, which it does not build itself.
         exec::run(
             Command::new("cargo")

@@ -27,7 +27,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("socat", "test servers and probes"),
     (
         "iperf3",
-        "bulk streams through allowed connections (fault-injection suite)",
+        "bulk streams through allowed connections (fault-injection suite, bench traffic)",
     ),
     (
         "qemu-system-x86",
