@@ -140,6 +140,69 @@ impl ClassTable {
         self.interner.len()
     }
 
+    /// How many prefixes have `class`.
+    pub(crate) fn members(&self, class: u32) -> u32 {
+        self.interner.refs(class)
+    }
+
+    /// Adds ipBlock peer `peer`, which no class holds yet, to the signature of `class`, every
+    /// prefix of which it covers: the class keeps its id and prefixes. No other class can hold
+    /// the result, since none holds the peer.
+    pub(crate) fn add_block_peer(&mut self, class: u32, peer: PeerId, touched: &mut Touched) {
+        let Some(old) = self.interner.get(class).cloned() else {
+            return;
+        };
+        let mut new = old.clone();
+        if let Err(at) = new.blocks.binary_search(&peer) {
+            new.blocks.insert(at, peer);
+        }
+        self.reindex(class, &old, &new, touched);
+        self.interner.update(class, |sig| *sig = new);
+    }
+
+    /// Takes ipBlock peer `peer`, which nothing uses any more, out of the signature of every
+    /// class holding it, in place: those class ids, and so most of the ipcache, stay as they
+    /// are. A class left with the signature of a class without the peer (addresses the peer
+    /// told apart) absorbs that class: returns those merges (`from`, `into`), whose prefixes the
+    /// caller repoints. `None`, and nothing changed, when a class would be left with an empty
+    /// signature or two of them with one: the caller recomputes the prefixes instead.
+    pub(crate) fn drop_block_peer(
+        &mut self,
+        peer: PeerId,
+        touched: &mut Touched,
+    ) -> Option<Vec<(u32, u32)>> {
+        let Some(classes) = self.peer_classes.get(&peer) else {
+            return Some(Vec::new());
+        };
+        let mut renamed = Vec::with_capacity(classes.len());
+        let mut contents = std::collections::HashSet::with_capacity(classes.len());
+        for class in classes {
+            let sig = self.interner.get(*class)?;
+            let mut new = sig.clone();
+            new.blocks.retain(|id| *id != peer);
+            if new.blocks.len() == sig.blocks.len()
+                || new.is_empty()
+                || !contents.insert(new.clone())
+            {
+                return None;
+            }
+            let absorbed = self.interner.id_of(&new);
+            renamed.push((*class, new, absorbed));
+        }
+        self.peer_classes.remove(&peer);
+        let mut merges = Vec::new();
+        for (class, new, absorbed) in renamed {
+            if let Some(from) = absorbed
+                && let Some(old) = self.interner.merge(from, class)
+            {
+                self.reindex(from, &old, &Sig::default(), touched);
+                merges.push((from, class));
+            }
+            self.interner.update(class, |sig| *sig = new);
+        }
+        Some(merges)
+    }
+
     /// Gives each prefix the class of its new signature, keeping class ids stable where it can
     /// ([`Interner::reassign`]). Returns the ipcache writes (`None`: remove) for prefixes whose
     /// value changed, and adds to `touched` what set contents depend on that changed, with the

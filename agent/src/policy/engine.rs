@@ -23,7 +23,7 @@ use std::{
 use agent_common::{
     addr::Addr,
     endpoint::{Endpoint, FLAG_EGRESS_ISOLATED, FLAG_INGRESS_ISOLATED},
-    ipcache::PeerClass,
+    ipcache::{CLASS_FIRST_DYNAMIC, PeerClass},
 };
 
 use crate::model::{
@@ -96,6 +96,53 @@ impl Local {
 struct Held {
     peers: Vec<(PeerId, Direction)>,
     named: Vec<NamedPort>,
+}
+
+/// The ipBlock peers a policy's old version alone holds, with its references to each. While
+/// the new version compiles, an ipBlock no peer has yet takes one of them over in place
+/// ([`Engine::acquire_peer`]): an except or CIDR edited in a policy then moves only the
+/// addresses under what changed, not every address under the CIDR.
+#[derive(Debug, Default)]
+struct Retiring {
+    blocks: BTreeMap<PeerId, BTreeMap<User, u32>>,
+}
+
+impl Retiring {
+    fn new(key: &ObjectRef, old: &Held, peers: &PeerTable) -> Self {
+        let mut blocks: BTreeMap<PeerId, BTreeMap<User, u32>> = BTreeMap::new();
+        for (id, direction) in &old.peers {
+            *blocks
+                .entry(*id)
+                .or_default()
+                .entry((key.clone(), *direction))
+                .or_default() += 1;
+        }
+        blocks.retain(|id, held| peers.is_block_held_only_by(*id, held));
+        Self { blocks }
+    }
+
+    /// A peer still held by the old version alone, preferring one with the CIDR of `def`.
+    fn take(&mut self, def: &PeerDef, peers: &PeerTable) -> Option<PeerId> {
+        // The new version may since have acquired some of them as they are.
+        self.blocks
+            .retain(|id, held| peers.is_block_held_only_by(*id, held));
+        let cidr_of = |def: &PeerDef| match def {
+            PeerDef::IpBlock { cidr, .. } => Some(*cidr),
+            PeerDef::Pods { .. } => None,
+        };
+        let id = self
+            .blocks
+            .keys()
+            .copied()
+            .find(|id| {
+                peers
+                    .get(*id)
+                    .is_some_and(|state| cidr_of(&state.def) == cidr_of(def))
+            })
+            .or_else(|| self.blocks.keys().next().copied())?;
+        self.blocks.remove(&id);
+        Some(id)
+    }
 }
 
 /// What the next settle must recompute.
@@ -802,7 +849,8 @@ impl Engine {
         let old_held = self.held.remove(key).unwrap_or_default();
         self.compiled.remove(key);
         if let (true, Some(policy)) = (relevant, &policy) {
-            let (compiled, held) = self.compile_policy(key, policy);
+            let mut retiring = Retiring::new(key, &old_held, &self.peers);
+            let (compiled, held) = self.compile_policy(key, policy, &mut retiring);
             self.compiled.insert(key.clone(), compiled);
             self.held.insert(key.clone(), held);
         }
@@ -818,6 +866,7 @@ impl Engine {
         &mut self,
         key: &ObjectRef,
         policy: &NetworkPolicy,
+        retiring: &mut Retiring,
     ) -> (CompiledPolicy, Held) {
         let mut held = Held::default();
         let mut compile =
@@ -834,7 +883,7 @@ impl Engine {
                                         .map(|peer| {
                                             let def = PeerDef::new(peer, &key.namespace)?;
                                             let user = (key.clone(), direction);
-                                            let id = engine.acquire_peer(def, &user);
+                                            let id = engine.acquire_peer(def, &user, retiring);
                                             held.peers.push((id, direction));
                                             Some(id)
                                         })
@@ -868,7 +917,15 @@ impl Engine {
         (CompiledPolicy { ingress, egress }, held)
     }
 
-    fn acquire_peer(&mut self, def: PeerDef, user: &User) -> PeerId {
+    fn acquire_peer(&mut self, def: PeerDef, user: &User, retiring: &mut Retiring) -> PeerId {
+        if matches!(def, PeerDef::IpBlock { .. })
+            && !self.peers.defines(&def)
+            && let Some(id) = retiring.take(&def, &self.peers)
+            && let Some(old) = self.peers.redefine_block(id, def.clone(), user)
+        {
+            self.reprefix_block(&old, &def);
+            return id;
+        }
         let (id, created) = self.peers.acquire(def, user);
         if created {
             self.populate_peer(id);
@@ -886,8 +943,9 @@ impl Engine {
                 for prefix in std::iter::once(cidr).chain(except) {
                     *self.trie_refs.entry(*prefix).or_default() += 1;
                 }
-                self.mark_subtree(cidr);
+                self.dirty.prefixes.insert(*cidr);
                 self.dirty.prefixes.extend(except.iter().copied());
+                self.spread_block_peer(id, cidr, except);
             }
             PeerDef::Pods { .. } => {
                 let namespaces: Vec<String> = self
@@ -920,6 +978,76 @@ impl Engine {
         }
     }
 
+    /// An ipBlock peer went from `old` to `new` in place: its trie prefixes follow, and only
+    /// addresses under a CIDR or except that one has and the other has not (in that role)
+    /// can change membership.
+    fn reprefix_block(&mut self, old: &PeerDef, new: &PeerDef) {
+        // (prefix, is the CIDR): an except may be the other version's CIDR.
+        type Roles = BTreeSet<(IpPrefix, bool)>;
+        let prefixes = |def: &PeerDef| -> Vec<(IpPrefix, bool)> {
+            match def {
+                PeerDef::IpBlock { cidr, except } => std::iter::once((*cidr, true))
+                    .chain(except.iter().map(|prefix| (*prefix, false)))
+                    .collect(),
+                PeerDef::Pods { .. } => Vec::new(),
+            }
+        };
+        let (old, new) = (prefixes(old), prefixes(new));
+        for (prefix, _) in &new {
+            *self.trie_refs.entry(*prefix).or_default() += 1;
+        }
+        for (prefix, _) in &old {
+            if let Some(count) = self.trie_refs.get_mut(prefix) {
+                *count -= 1;
+                if *count == 0 {
+                    self.trie_refs.remove(prefix);
+                }
+            }
+        }
+        let (old, new): (Roles, Roles) = (old.into_iter().collect(), new.into_iter().collect());
+        for (prefix, _) in old.symmetric_difference(&new) {
+            self.mark_subtree(prefix);
+        }
+    }
+
+    /// A new ipBlock peer joins the signature of the trie prefixes it covers. A class that
+    /// lies under the CIDR and is mostly covered takes the peer in place, and only its
+    /// prefixes under an except are recomputed (they leave it); of any other class, the
+    /// covered prefixes are. Not every address under the CIDR, as a recompute would.
+    fn spread_block_peer(&mut self, id: PeerId, cidr: &IpPrefix, except: &[IpPrefix]) {
+        let (first, last) = cidr.subtree_bounds();
+        // Per class: its prefixes the peer covers, and those under the CIDR it excepts.
+        let mut under: BTreeMap<u32, (Vec<IpPrefix>, Vec<IpPrefix>)> = BTreeMap::new();
+        for (prefix, class) in self.state.ipcache.range(first..=last) {
+            if !cidr.contains(prefix) {
+                continue;
+            }
+            let (covered, excepted) = under.entry(class.id).or_default();
+            if except.iter().any(|carve| carve.contains(prefix)) {
+                excepted.push(*prefix);
+            } else {
+                covered.push(*prefix);
+            }
+        }
+        let mut touched = Touched::new();
+        for (class, (covered, excepted)) in under {
+            if covered.is_empty() {
+                continue;
+            }
+            let all_under = u32::try_from(covered.len() + excepted.len()).ok()
+                == Some(self.classes.members(class));
+            if class >= CLASS_FIRST_DYNAMIC && all_under && covered.len() >= excepted.len() {
+                self.classes.add_block_peer(class, id, &mut touched);
+                self.dirty.prefixes.extend(excepted);
+            } else {
+                self.dirty.prefixes.extend(covered);
+            }
+        }
+        for (dep, classes) in touched {
+            self.mark_dependents(&dep, &classes);
+        }
+    }
+
     fn release_peer(&mut self, id: PeerId, user: &User) {
         let Some(state) = self.peers.release(id, user) else {
             return;
@@ -928,16 +1056,34 @@ impl Engine {
             self.mark_pod_hosts(member);
         }
         if let PeerDef::IpBlock { cidr, except } = &state.def {
+            let mut leaving = Vec::new();
             for prefix in std::iter::once(cidr).chain(except) {
                 if let Some(count) = self.trie_refs.get_mut(prefix) {
                     *count -= 1;
                     if *count == 0 {
                         self.trie_refs.remove(prefix);
+                        leaving.push(*prefix);
                     }
                 }
             }
-            self.mark_subtree(cidr);
-            self.dirty.prefixes.extend(except.iter().copied());
+            // Usually the classes can simply forget the peer, and only the CIDR and excepts
+            // that leave the trie move, not every address under them. Those leave first, so
+            // that the classes left behind can merge with what remains.
+            let (gone, staying): (Vec<IpPrefix>, Vec<IpPrefix>) = leaving
+                .into_iter()
+                .partition(|prefix| self.prefix_sig(prefix).is_none());
+            self.dirty.prefixes.extend(staying);
+            self.reclassify(gone);
+            let mut touched = Touched::new();
+            if let Some(merges) = self.classes.drop_block_peer(id, &mut touched) {
+                self.repoint_classes(&merges);
+                for (dep, classes) in touched {
+                    self.mark_dependents(&dep, &classes);
+                }
+            } else {
+                self.mark_subtree(cidr);
+                self.dirty.prefixes.extend(except.iter().copied());
+            }
         }
     }
 
@@ -1045,6 +1191,34 @@ impl Engine {
         let hosts = std::mem::take(&mut self.dirty.hosts);
         let mut prefixes = std::mem::take(&mut self.dirty.prefixes);
         prefixes.extend(hosts.iter().map(|addr| IpPrefix::host(*addr)));
+        self.reclassify(prefixes);
+        // Endpoint entries follow address owners.
+        self.dirty.hosts = hosts;
+    }
+
+    /// Points the ipcache prefixes of each merged class (`from`, `into`) at the class that
+    /// absorbed it. Merges are rare and their classes small, so a scan of the ipcache beats
+    /// an index from every class to its prefixes.
+    fn repoint_classes(&mut self, merges: &[(u32, u32)]) {
+        if merges.is_empty() {
+            return;
+        }
+        let into: HashMap<u32, u32> = merges.iter().copied().collect();
+        let moved: Vec<(IpPrefix, u32)> = self
+            .state
+            .ipcache
+            .iter()
+            .filter_map(|(prefix, class)| into.get(&class.id).map(|id| (*prefix, *id)))
+            .collect();
+        for (prefix, id) in moved {
+            self.journal
+                .ipcache(&mut self.state, prefix, Some(PeerClass { id }));
+        }
+    }
+
+    /// Gives `prefixes` the classes of their signatures now, and marks the set entries that
+    /// depend on what moved.
+    fn reclassify(&mut self, prefixes: impl IntoIterator<Item = IpPrefix>) {
         let moves: Vec<ClassMove> = prefixes
             .into_iter()
             .map(|prefix| ClassMove {
@@ -1061,8 +1235,6 @@ impl Engine {
         for (dep, classes) in touched {
             self.mark_dependents(&dep, &classes);
         }
-        // Endpoint entries follow address owners.
-        self.dirty.hosts = hosts;
     }
 
     /// Marks the entries of `classes` in the sets of the endpoint directions that read `dep`.

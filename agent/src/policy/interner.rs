@@ -134,6 +134,17 @@ impl<C: Hash + Eq> Interner<C> {
         }
     }
 
+    /// Moves every member of `from` to `into` and forgets `from`, whose content goes with it;
+    /// the caller repoints the members. Returns the content `from` held.
+    pub(crate) fn merge(&mut self, from: u32, into: u32) -> Option<C> {
+        let slot = self.slots.remove(&from)?;
+        self.unindex(from, &slot.content);
+        if let Some(target) = self.slots.get_mut(&into) {
+            target.refs += slot.refs;
+        }
+        Some(slot.content)
+    }
+
     /// Moves members to new contents. Each move is (the member's current id, its new content);
     /// `None` on either side means "no interned content" (the caller's special ids: world
     /// class, empty set, not isolated). Returns each member's new id.

@@ -196,6 +196,11 @@ impl PeerTable {
         self.peers.iter().map(|(id, state)| (*id, state))
     }
 
+    /// Whether a peer has definition `def`.
+    pub(crate) fn defines(&self, def: &PeerDef) -> bool {
+        self.by_def.contains_key(def)
+    }
+
     /// Pod peers (id and definition).
     pub(crate) fn pod_peers(&self) -> impl Iterator<Item = (PeerId, &PeerDef)> {
         self.peers
@@ -241,6 +246,50 @@ impl PeerTable {
             },
         );
         (id, true)
+    }
+
+    /// Whether ipBlock peer `id` is held by nothing but the references counted in `held`
+    /// (one policy's old version): it can then take another definition in place.
+    pub(crate) fn is_block_held_only_by(&self, id: PeerId, held: &BTreeMap<User, u32>) -> bool {
+        self.peers.get(&id).is_some_and(|state| {
+            matches!(state.def, PeerDef::IpBlock { .. }) && state.users == *held
+        })
+    }
+
+    /// Gives ipBlock peer `id` the ipBlock definition `def`, which no peer has, and adds a
+    /// reference from `user`; returns the old definition. The id stays, so the signature of
+    /// every prefix whose membership did not change stays too.
+    pub(crate) fn redefine_block(
+        &mut self,
+        id: PeerId,
+        def: PeerDef,
+        user: &User,
+    ) -> Option<PeerDef> {
+        let (PeerDef::IpBlock { cidr, except }, false) = (&def, self.by_def.contains_key(&def))
+        else {
+            return None;
+        };
+        let state = self.peers.get_mut(&id)?;
+        let PeerDef::IpBlock {
+            cidr: old_cidr,
+            except: old_except,
+        } = &state.def
+        else {
+            return None;
+        };
+        index_block(&mut self.cidrs, &mut self.block_lens, old_cidr, id, false);
+        for carve in old_except {
+            index_block(&mut self.excepts, &mut self.block_lens, carve, id, false);
+        }
+        index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, true);
+        for carve in except {
+            index_block(&mut self.excepts, &mut self.block_lens, carve, id, true);
+        }
+        *state.users.entry(user.clone()).or_default() += 1;
+        let old = std::mem::replace(&mut state.def, def.clone());
+        self.by_def.remove(&old);
+        self.by_def.insert(def, id);
+        Some(old)
     }
 
     /// Drops a reference from `user`; returns the peer when it is no longer used (its members
