@@ -2,8 +2,10 @@
 //! node with 110 local pods on routed veths; pod 0 serves, pod 1 is the client; a synthetic
 //! cluster of 2,500 pods elsewhere and 100 or 10,000 policies over it, a hundredth of which
 //! select the server (one of them allows the client; an egress policy selects the client and
-//! allows the server). Three states, interleaved round by round in a rotating order: no
-//! enforcement (no agent), the eBPF backend, the iptables backend. Measured in each:
+//! allows the server). Four states, interleaved round by round in a rotating order: no
+//! enforcement (no agent), the eBPF backend, the iptables backend, and the eBPF backend with
+//! the cluster's switch off (programs attached, returning at once: the cost of attaching).
+//! Measured in each:
 //!
 //! - request/response: one TCP connection, a 64-byte request and a 64-byte reply at a time,
 //!   for [`SPELL`]: transactions per second and the p99 latency;
@@ -38,7 +40,7 @@ use netpol_tests::{
     agent::{Agent, AgentOptions},
     measure::percentile_ms,
     netns::{Netns, SimulatedNode, enter},
-    objects::ObjectsDir,
+    objects::{ObjectsDir, eni_config},
     require_root,
     scenarios::NODE,
 };
@@ -151,16 +153,20 @@ enum State {
     Open,
     Ebpf,
     Iptables,
+    /// The eBPF programs attached with the cluster's switch off: what attaching costs before
+    /// any of the decision runs.
+    EbpfSwitchedOff,
 }
 
 impl State {
-    const ALL: [Self; 3] = [Self::Open, Self::Ebpf, Self::Iptables];
+    const ALL: [Self; 4] = [Self::Open, Self::Ebpf, Self::Iptables, Self::EbpfSwitchedOff];
 
     fn name(self) -> &'static str {
         match self {
             Self::Open => "no enforcement",
             Self::Ebpf => "eBPF",
             Self::Iptables => "iptables",
+            Self::EbpfSwitchedOff => "eBPF, switch off",
         }
     }
 }
@@ -379,7 +385,7 @@ fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     (median, values[0], values[values.len() - 1])
 }
 
-fn ratio_line(label: &str, rounds: &[[Figures; 3]], state: usize, pick: fn(&Figures) -> f64) {
+fn ratio_line(label: &str, rounds: &[[Figures; 4]], state: usize, pick: fn(&Figures) -> f64) {
     let (median, low, high) = median_and_spread(
         rounds
             .iter()
@@ -422,17 +428,22 @@ fn main() {
         write_policies(&objects, policies);
         let servers = Servers::start(&node.pods[0].netns);
         let client = &node.pods[1].netns;
-        let mut figures: Vec<[Figures; 3]> = Vec::new();
+        let mut figures: Vec<[Figures; 4]> = Vec::new();
         let mut run_ns: Vec<(f64, f64)> = Vec::new();
         for round in 0..rounds {
-            let mut this_round = [Figures::default(); 3];
+            let mut this_round = [Figures::default(); 4];
             for offset in 0..State::ALL.len() {
                 let slot = (round + offset) % State::ALL.len();
                 let state = State::ALL[slot];
+                let switch = objects.0.join("eni-config.yaml");
                 let agent = match state {
                     State::Open => None,
                     State::Ebpf => Some(start_agent(&node, &objects, "ebpf")),
                     State::Iptables => Some(start_agent(&node, &objects, "iptables")),
+                    State::EbpfSwitchedOff => {
+                        objects.write("eni-config.yaml", &eni_config("true"));
+                        Some(start_agent(&node, &objects, "ebpf"))
+                    }
                 };
                 let (transactions_per_second, rr_p99_us) =
                     request_response(client, server_ip, SPELL);
@@ -455,6 +466,7 @@ fn main() {
                     run_ns.push((rr, crr));
                 }
                 drop(agent);
+                let _ = std::fs::remove_file(&switch);
             }
             figures.push(this_round);
         }
@@ -511,9 +523,10 @@ fn main() {
             .0
         };
         println!(
-            "  new-connection overhead: eBPF {:.1} %, iptables {:.1} %",
+            "  new-connection overhead: eBPF {:.1} %, iptables {:.1} %, eBPF with the switch off {:.1} %",
             new_connection_overhead(1) * 100.0,
-            new_connection_overhead(2) * 100.0
+            new_connection_overhead(2) * 100.0,
+            new_connection_overhead(3) * 100.0
         );
         let rr_ns = median_and_spread(run_ns.iter().map(|(rr, _)| *rr).collect());
         let crr_ns = median_and_spread(run_ns.iter().map(|(_, crr)| *crr).collect());
