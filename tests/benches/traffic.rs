@@ -159,7 +159,12 @@ enum State {
 }
 
 impl State {
-    const ALL: [Self; 4] = [Self::Open, Self::Ebpf, Self::Iptables, Self::EbpfSwitchedOff];
+    const ALL: [Self; 4] = [
+        Self::Open,
+        Self::Ebpf,
+        Self::Iptables,
+        Self::EbpfSwitchedOff,
+    ];
 
     fn name(self) -> &'static str {
         match self {
