@@ -56,11 +56,25 @@ pub struct Fragment {
 /// enforce for is never dropped for its transport header.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
-    let ethertype: [u8; 2] = ctx.load(12).map_err(|_| DropReason::Malformed)?;
-    let packet = match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_ipv4(ctx)?,
-        ETH_P_IPV6 => parse_ipv6(ctx)?,
-        _ => return Ok(None),
+    // The ethertype and an IPv4 header in one read, the common case; a frame too short for
+    // that is classified by its ethertype alone.
+    let packet = match ctx.load::<[u8; 22]>(12) {
+        Ok(head) => match u16::from_be_bytes([head[0], head[1]]) {
+            ETH_P_IP => ipv4_from_header(&[
+                head[2], head[3], head[4], head[5], head[6], head[7], head[8], head[9], head[10],
+                head[11], head[12], head[13], head[14], head[15], head[16], head[17], head[18],
+                head[19], head[20], head[21],
+            ])?,
+            ETH_P_IPV6 => parse_ipv6(ctx)?,
+            _ => return Ok(None),
+        },
+        Err(_) => {
+            let ethertype: [u8; 2] = ctx.load(12).map_err(|_| DropReason::Malformed)?;
+            match u16::from_be_bytes(ethertype) {
+                ETH_P_IP | ETH_P_IPV6 => return Err(DropReason::Malformed),
+                _ => return Ok(None),
+            }
+        }
     };
     Ok(Some(launder(ctx, packet)))
 }
@@ -97,8 +111,7 @@ fn launder(ctx: &TcContext, mut packet: Packet) -> Packet {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext) -> Result<Packet, DropReason> {
-    let header: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+fn ipv4_from_header(header: &[u8; 20]) -> Result<Packet, DropReason> {
     let header_len = usize::from(header[0] & 0x0f) * 4;
     if header[0] >> 4 != 4 || header_len < 20 {
         return Err(DropReason::Malformed);
@@ -277,14 +290,19 @@ pub fn load_transport(ctx: &TcContext, packet: &Packet) -> Result<Transport, Dro
         icmp: Icmp::None,
     };
     match packet.protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+        IPPROTO_TCP => {
+            // Ports through flags in one read.
+            let header: [u8; 14] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
+            transport.sport = u16::from_be_bytes([header[0], header[1]]);
+            transport.dport = u16::from_be_bytes([header[2], header[3]]);
+            transport.policy_port = transport.dport;
+            transport.tcp_flags = header[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
             let ports: [u8; 4] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
             transport.sport = u16::from_be_bytes([ports[0], ports[1]]);
             transport.dport = u16::from_be_bytes([ports[2], ports[3]]);
             transport.policy_port = transport.dport;
-            if packet.protocol == IPPROTO_TCP {
-                transport.tcp_flags = ctx.load(offset + 13).map_err(|_| DropReason::Malformed)?;
-            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let header: [u8; 8] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
