@@ -37,10 +37,9 @@ use aya::{
     sys::{Stats, enable_stats},
 };
 use netpol_tests::{
-    agent::{Agent, AgentOptions},
     measure::percentile_ms,
     netns::{Netns, SimulatedNode, enter},
-    objects::{ObjectsDir, eni_config},
+    objects::{ObjectsDir, eni_config, start_agent_on},
     require_root,
     scenarios::NODE,
 };
@@ -364,26 +363,6 @@ fn mean_run_ns(traffic: impl FnOnce()) -> f64 {
     (time_after - time_before).as_nanos() as f64 / (count_after - count_before).max(1) as f64
 }
 
-fn start_agent(node: &SimulatedNode, objects: &ObjectsDir, backend: &str) -> Agent {
-    let mut agent = Agent::start(
-        &node.node,
-        AgentOptions {
-            node_name: NODE.to_owned(),
-            source: vec!["--objects-dir".to_owned(), objects.0.display().to_string()],
-            extra: ["--backend", backend, "--service-cidr", "10.96.0.0/16"]
-                .iter()
-                .map(|arg| (*arg).to_owned())
-                .collect(),
-            pin_dir: None,
-        },
-    )
-    .expect("the agent starts");
-    agent
-        .wait_ready(&node.node, Duration::from_secs(120))
-        .expect("the agent gets ready");
-    agent
-}
-
 fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     let median = values[values.len() / 2];
@@ -443,11 +422,26 @@ fn main() {
                 let switch = objects.0.join("eni-config.yaml");
                 let agent = match state {
                     State::Open => None,
-                    State::Ebpf => Some(start_agent(&node, &objects, "ebpf")),
-                    State::Iptables => Some(start_agent(&node, &objects, "iptables")),
+                    State::Ebpf => Some(start_agent_on(
+                        &node,
+                        &objects,
+                        &["--backend", "ebpf"],
+                        None,
+                    )),
+                    State::Iptables => Some(start_agent_on(
+                        &node,
+                        &objects,
+                        &["--backend", "iptables"],
+                        None,
+                    )),
                     State::EbpfSwitchedOff => {
                         objects.write("eni-config.yaml", &eni_config("true"));
-                        Some(start_agent(&node, &objects, "ebpf"))
+                        Some(start_agent_on(
+                            &node,
+                            &objects,
+                            &["--backend", "ebpf"],
+                            None,
+                        ))
                     }
                 };
                 let (transactions_per_second, rr_p99_us) =
