@@ -940,9 +940,7 @@ impl Engine {
         };
         match &def {
             PeerDef::IpBlock { cidr, except } => {
-                for prefix in std::iter::once(cidr).chain(except) {
-                    *self.trie_refs.entry(*prefix).or_default() += 1;
-                }
+                self.hold_trie_prefixes(std::iter::once(cidr).chain(except));
                 self.dirty.prefixes.insert(*cidr);
                 self.dirty.prefixes.extend(except.iter().copied());
                 self.spread_block_peer(id, cidr, except);
@@ -993,17 +991,9 @@ impl Engine {
             }
         };
         let (old, new) = (prefixes(old), prefixes(new));
-        for (prefix, _) in &new {
-            *self.trie_refs.entry(*prefix).or_default() += 1;
-        }
-        for (prefix, _) in &old {
-            if let Some(count) = self.trie_refs.get_mut(prefix) {
-                *count -= 1;
-                if *count == 0 {
-                    self.trie_refs.remove(prefix);
-                }
-            }
-        }
+        self.hold_trie_prefixes(new.iter().map(|(prefix, _)| prefix));
+        // Those that leave are under the symmetric difference, marked below.
+        self.release_trie_prefixes(old.iter().map(|(prefix, _)| prefix));
         let (old, new): (Roles, Roles) = (old.into_iter().collect(), new.into_iter().collect());
         for (prefix, _) in old.symmetric_difference(&new) {
             self.mark_subtree(prefix);
@@ -1048,6 +1038,31 @@ impl Engine {
         }
     }
 
+    /// Counts a reference of an ipBlock peer to each of `prefixes` (its CIDR and excepts).
+    fn hold_trie_prefixes<'a>(&mut self, prefixes: impl IntoIterator<Item = &'a IpPrefix>) {
+        for prefix in prefixes {
+            *self.trie_refs.entry(*prefix).or_default() += 1;
+        }
+    }
+
+    /// Drops a reference to each of `prefixes`; returns those no peer holds any more.
+    fn release_trie_prefixes<'a>(
+        &mut self,
+        prefixes: impl IntoIterator<Item = &'a IpPrefix>,
+    ) -> Vec<IpPrefix> {
+        let mut leaving = Vec::new();
+        for prefix in prefixes {
+            if let Some(count) = self.trie_refs.get_mut(prefix) {
+                *count -= 1;
+                if *count == 0 {
+                    self.trie_refs.remove(prefix);
+                    leaving.push(*prefix);
+                }
+            }
+        }
+        leaving
+    }
+
     fn release_peer(&mut self, id: PeerId, user: &User) {
         let Some(state) = self.peers.release(id, user) else {
             return;
@@ -1056,16 +1071,7 @@ impl Engine {
             self.mark_pod_hosts(member);
         }
         if let PeerDef::IpBlock { cidr, except } = &state.def {
-            let mut leaving = Vec::new();
-            for prefix in std::iter::once(cidr).chain(except) {
-                if let Some(count) = self.trie_refs.get_mut(prefix) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.trie_refs.remove(prefix);
-                        leaving.push(*prefix);
-                    }
-                }
-            }
+            let leaving = self.release_trie_prefixes(std::iter::once(cidr).chain(except));
             // Usually the classes can simply forget the peer, and only the CIDR and excepts
             // that leave the trie move, not every address under them. Those leave first, so
             // that the classes left behind can merge with what remains.

@@ -230,12 +230,7 @@ impl PeerTable {
                 break candidate;
             }
         };
-        if let PeerDef::IpBlock { cidr, except } = &def {
-            index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, true);
-            for carve in except {
-                index_block(&mut self.excepts, &mut self.block_lens, carve, id, true);
-            }
-        }
+        self.index_def(&def, id, true);
         self.by_def.insert(def.clone(), id);
         self.peers.insert(
             id,
@@ -265,28 +260,17 @@ impl PeerTable {
         def: PeerDef,
         user: &User,
     ) -> Option<PeerDef> {
-        let (PeerDef::IpBlock { cidr, except }, false) = (&def, self.by_def.contains_key(&def))
-        else {
+        if !matches!(def, PeerDef::IpBlock { .. }) || self.by_def.contains_key(&def) {
             return None;
-        };
-        let state = self.peers.get_mut(&id)?;
-        let PeerDef::IpBlock {
-            cidr: old_cidr,
-            except: old_except,
-        } = &state.def
-        else {
-            return None;
-        };
-        index_block(&mut self.cidrs, &mut self.block_lens, old_cidr, id, false);
-        for carve in old_except {
-            index_block(&mut self.excepts, &mut self.block_lens, carve, id, false);
         }
-        index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, true);
-        for carve in except {
-            index_block(&mut self.excepts, &mut self.block_lens, carve, id, true);
+        let state = self.peers.get_mut(&id)?;
+        if !matches!(state.def, PeerDef::IpBlock { .. }) {
+            return None;
         }
         *state.users.entry(user.clone()).or_default() += 1;
         let old = std::mem::replace(&mut state.def, def.clone());
+        self.index_def(&old, id, false);
+        self.index_def(&def, id, true);
         self.by_def.remove(&old);
         self.by_def.insert(def, id);
         Some(old)
@@ -315,13 +299,19 @@ impl PeerTable {
                 }
             }
         }
-        if let PeerDef::IpBlock { cidr, except } = &state.def {
-            index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, false);
+        self.index_def(&state.def, id, false);
+        Some(state)
+    }
+
+    /// Adds (`add`) or removes ipBlock peer `id` under its CIDR and excepts in the indexes
+    /// `ip_blocks_containing` reads; nothing for a pod peer.
+    fn index_def(&mut self, def: &PeerDef, id: PeerId, add: bool) {
+        if let PeerDef::IpBlock { cidr, except } = def {
+            index_block(&mut self.cidrs, &mut self.block_lens, cidr, id, add);
             for carve in except {
-                index_block(&mut self.excepts, &mut self.block_lens, carve, id, false);
+                index_block(&mut self.excepts, &mut self.block_lens, carve, id, add);
             }
         }
-        Some(state)
     }
 
     /// Makes `pod` a member of pod peer `id` or not; returns whether that changed anything.
