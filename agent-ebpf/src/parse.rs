@@ -1,8 +1,11 @@
 //! Packet parsing: the only code that reads packet bytes.
 //!
-//! Reads go through `bpf_skb_load_bytes` (`TcContext::load`) with fixed sizes: it bounds-checks
-//! at run time, so no packet pointer has to be revalidated, and needs no zeroed buffer (which
-//! would pull in a `memset` loop). Every loop is unrolled by hand (4.19 has no bounded loops).
+//! The fast path's headers (the ethertype with an IPv4 header, TCP and UDP ports) are read in
+//! place when the skb's linear data holds them, the common case: one bounds check the verifier
+//! proves instead of a helper call ([`read_hot_bytes`]). Everything else, and those headers
+//! when they are not linear, goes through `bpf_skb_load_bytes` (`TcContext::load`)
+//! with fixed sizes: it bounds-checks at run time and needs no zeroed buffer (which would pull
+//! in a `memset` loop). Every loop is unrolled by hand (4.19 has no bounded loops).
 
 use core::{mem::MaybeUninit, ptr::write_volatile};
 
@@ -58,18 +61,14 @@ pub struct Fragment {
 pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
     // The ethertype and an IPv4 header in one read, the common case; a frame too short for
     // that is classified by its ethertype alone.
-    let packet = match ctx.load::<[u8; 22]>(12) {
+    let packet = match read_hot_bytes::<22>(ctx, 12) {
         Ok(head) => match u16::from_be_bytes([head[0], head[1]]) {
-            ETH_P_IP => ipv4_from_header(&[
-                head[2], head[3], head[4], head[5], head[6], head[7], head[8], head[9], head[10],
-                head[11], head[12], head[13], head[14], head[15], head[16], head[17], head[18],
-                head[19], head[20], head[21],
-            ])?,
+            ETH_P_IP => ipv4_from_header(&head)?,
             ETH_P_IPV6 => parse_ipv6(ctx)?,
             _ => return Ok(None),
         },
         Err(_) => {
-            let ethertype: [u8; 2] = ctx.load(12).map_err(|_| DropReason::Malformed)?;
+            let ethertype: [u8; 2] = read_bytes(ctx, 12)?;
             match u16::from_be_bytes(ethertype) {
                 ETH_P_IP | ETH_P_IPV6 => return Err(DropReason::Malformed),
                 _ => return Ok(None),
@@ -103,33 +102,73 @@ fn launder(ctx: &TcContext, mut packet: Packet) -> Packet {
         )
     };
     packet.fragment.id = id;
-    packet.l4_offset = (offset & 0xffff) as usize;
+    // Exact: the furthest transport header is four IPv6 extension headers of 2 KiB past the
+    // fixed headers (8,246 bytes). The bound lets the verifier accept packet pointers at this
+    // offset plus a header (it wants them within 64 KiB).
+    packet.l4_offset = (offset & MAX_L4_OFFSET) as usize;
     packet.protocol = flags as u8;
     packet.fragment.first_of_many = flags & (1 << 8) != 0;
     packet.fragment.later = flags & (1 << 9) != 0;
     packet
 }
 
+/// An IPv4 packet from `head`: the ethertype (two bytes) and the IPv4 header.
 #[inline(always)]
-fn ipv4_from_header(header: &[u8; 20]) -> Result<Packet, DropReason> {
-    let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || header_len < 20 {
+fn ipv4_from_header(head: &[u8; 22]) -> Result<Packet, DropReason> {
+    let header_len = usize::from(head[2] & 0x0f) * 4;
+    if head[2] >> 4 != 4 || header_len < 20 {
         return Err(DropReason::Malformed);
     }
-    let frag = u16::from_be_bytes([header[6], header[7]]);
+    let frag = u16::from_be_bytes([head[8], head[9]]);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
     Ok(Packet {
-        src: addr_v4([header[12], header[13], header[14], header[15]]),
-        dst: addr_v4([header[16], header[17], header[18], header[19]]),
-        protocol: header[9],
+        src: addr_v4([head[14], head[15], head[16], head[17]]),
+        dst: addr_v4([head[18], head[19], head[20], head[21]]),
+        protocol: head[11],
         l4_offset: ETH_HLEN + header_len,
         fragment: Fragment {
             later: offset != 0,
             first_of_many: offset == 0 && more,
-            id: u32::from(u16::from_be_bytes([header[4], header[5]])),
+            id: u32::from(u16::from_be_bytes([head[6], head[7]])),
         },
     })
+}
+
+/// A bound on the transport header's offset (see `launder`).
+const MAX_L4_OFFSET: u32 = 0x3fff;
+
+/// The `N` bytes at `offset`, by `bpf_skb_load_bytes`.
+#[inline(always)]
+fn read_bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], DropReason> {
+    let mut bytes = MaybeUninit::<[u8; N]>::uninit();
+    load_into(ctx, offset, bytes.as_mut_ptr())?;
+    // SAFETY: `load_into` wrote all `N` bytes.
+    Ok(unsafe { bytes.assume_init() })
+}
+
+/// The `N` bytes at `offset` of a header every packet of a connection has: copied straight
+/// from the skb's linear data when it holds them (the common case; one bounds check the
+/// verifier proves instead of a helper call), else read by `bpf_skb_load_bytes`, which also
+/// reaches paged data. `Err` when the frame is too short.
+///
+/// Only for the fast path's headers: each use doubles the verifier's paths until the next
+/// `launder`, which 5.10's verifier does not prune well.
+#[inline(always)]
+fn read_hot_bytes<const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+) -> Result<[u8; N], DropReason> {
+    // The offset is bounded for the verifier by construction (a constant, or `launder`'s
+    // mask): a comparison here would leave 5.10's verifier walking impossible paths that LLVM
+    // merged.
+    let start = ctx.data() + offset;
+    if start + N <= ctx.data_end() {
+        // SAFETY: `start..start + N` lies within the linear packet data, checked just above
+        // (and by the verifier); packet bytes are plain data of alignment 1.
+        return Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) });
+    }
+    read_bytes(ctx, offset)
 }
 
 /// Reads `size_of::<T>()` bytes at `offset` straight into `dst` (no temporary on the
@@ -188,7 +227,7 @@ fn load_addr_v6(ctx: &TcContext, offset: usize) -> Result<Addr, DropReason> {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
-    let next: u8 = ctx.load(ETH_HLEN + 6).map_err(|_| DropReason::Malformed)?;
+    let [next] = read_bytes(ctx, ETH_HLEN + 6)?;
     let mut packet = Packet {
         src: load_addr_v6(ctx, ETH_HLEN + 8)?,
         dst: load_addr_v6(ctx, ETH_HLEN + 24)?,
@@ -226,9 +265,7 @@ fn skip_ipv6_ext(ctx: &TcContext, packet: &mut Packet) -> Result<(), DropReason>
     if !is_ipv6_ext(packet.protocol) || packet.fragment.later {
         return Ok(());
     }
-    let header: [u8; 8] = ctx
-        .load(packet.l4_offset)
-        .map_err(|_| DropReason::Malformed)?;
+    let header: [u8; 8] = read_bytes(ctx, packet.l4_offset)?;
     let len = match packet.protocol {
         IPV6_FRAGMENT => {
             let field = u16::from_be_bytes([header[2], header[3]]);
@@ -292,20 +329,20 @@ pub fn load_transport(ctx: &TcContext, packet: &Packet) -> Result<Transport, Dro
     match packet.protocol {
         IPPROTO_TCP => {
             // Ports through flags in one read.
-            let header: [u8; 14] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
+            let header: [u8; 14] = read_hot_bytes(ctx, offset)?;
             transport.sport = u16::from_be_bytes([header[0], header[1]]);
             transport.dport = u16::from_be_bytes([header[2], header[3]]);
             transport.policy_port = transport.dport;
             transport.tcp_flags = header[13];
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u8; 4] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
+            let ports: [u8; 4] = read_hot_bytes(ctx, offset)?;
             transport.sport = u16::from_be_bytes([ports[0], ports[1]]);
             transport.dport = u16::from_be_bytes([ports[2], ports[3]]);
             transport.policy_port = transport.dport;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let header: [u8; 8] = ctx.load(offset).map_err(|_| DropReason::Malformed)?;
+            let header: [u8; 8] = read_bytes(ctx, offset)?;
             let v6 = packet.protocol == IPPROTO_ICMPV6;
             match (v6, header[0]) {
                 // Echo request and reply: tracked like a connection keyed by the identifier.
@@ -332,7 +369,7 @@ pub fn load_transport(ctx: &TcContext, packet: &Packet) -> Result<Transport, Dro
 pub fn load_icmp_error_subject(ctx: &TcContext, packet: &Packet) -> Result<CtKey, DropReason> {
     let inner = packet.l4_offset + 8;
     let (src, dst, protocol, inner_l4) = if packet.protocol == IPPROTO_ICMP {
-        let header: [u8; 20] = ctx.load(inner).map_err(|_| DropReason::Malformed)?;
+        let header: [u8; 20] = read_bytes(ctx, inner)?;
         let header_len = usize::from(header[0] & 0x0f) * 4;
         if header_len < 20 {
             return Err(DropReason::Malformed);
@@ -346,12 +383,12 @@ pub fn load_icmp_error_subject(ctx: &TcContext, packet: &Packet) -> Result<CtKey
     } else {
         // The quoted IPv6 packet's extension headers are not followed: an error about a packet
         // that had some is judged as a plain ICMPv6 packet.
-        let next: u8 = ctx.load(inner + 6).map_err(|_| DropReason::Malformed)?;
+        let [next] = read_bytes(ctx, inner + 6)?;
         let src = load_addr_v6(ctx, inner + 8)?;
         let dst = load_addr_v6(ctx, inner + 24)?;
         (src, dst, next, inner + 40)
     };
-    let quoted: [u8; 8] = ctx.load(inner_l4).map_err(|_| DropReason::Malformed)?;
+    let quoted: [u8; 8] = read_bytes(ctx, inner_l4)?;
     let (sport, dport) = match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (
             u16::from_be_bytes([quoted[0], quoted[1]]),
