@@ -11,7 +11,7 @@ use std::{
 
 use netpol_agent::backend::{
     InterfaceRole,
-    ebpf::{AttachMode, BPFFS, Datapath, LoadOptions, MapSizes, ensure_bpffs},
+    ebpf::{AttachMode, BPFFS, ClockChoice, Datapath, LoadOptions, MapSizes, ensure_bpffs},
 };
 use netpol_tests::{
     netns::plan,
@@ -62,13 +62,16 @@ fn program_maps(datapath: &mut Datapath) {
     }
 }
 
-fn real_traffic(mode: AttachMode) {
+/// `clock`: the netlink run keeps the precise clock, as on kernels before 5.5 (where tcx does
+/// not exist either); the tcx run reads the tick counter.
+fn real_traffic(mode: AttachMode, clock: ClockChoice) {
     let pins = PinDir::new();
     let reference = ReferenceNode::build();
     let mut datapath = Datapath::load_with(&LoadOptions {
         sizes: MapSizes::default(),
         pin_dir: Some(pins.0.clone()),
         attach_mode: mode,
+        clock,
     })
     .expect("load");
     program_maps(&mut datapath);
@@ -96,7 +99,7 @@ fn policy_holds_for_real_traffic_with_netlink_attachment() {
     if !require_root("policy_holds_for_real_traffic_with_netlink_attachment") {
         return;
     }
-    real_traffic(AttachMode::Netlink);
+    real_traffic(AttachMode::Netlink, ClockChoice::Precise);
 }
 
 #[test]
@@ -108,5 +111,5 @@ fn policy_holds_for_real_traffic_with_tcx_attachment() {
         eprintln!("skipping policy_holds_for_real_traffic_with_tcx_attachment: kernel before 6.6");
         return;
     }
-    real_traffic(AttachMode::Tcx);
+    real_traffic(AttachMode::Tcx, ClockChoice::Ticks);
 }

@@ -18,8 +18,8 @@ use agent_common::{
 };
 use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::backend::ebpf::{
-    Datapath, MapSizes, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK, PROG_UNKNOWN_FROM_POD,
-    PROG_UNKNOWN_TO_POD,
+    ClockChoice, Datapath, LoadOptions, MapSizes, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK,
+    PROG_UNKNOWN_FROM_POD, PROG_UNKNOWN_TO_POD,
 };
 use netpol_tests::{
     packet::{
@@ -525,6 +525,42 @@ fn expired_connections_no_longer_admit_replies() {
         harness.send_to_pod(&tcp(INTERNET, POD_A, 53, 5000, TCP_ACK)),
         DROP
     );
+}
+
+/// The tick counter where the kernel has it (5.5+), scaled to CLOCK_MONOTONIC, or the precise
+/// clock: times either way compare, so connections survive a change of clock (an upgrade, a
+/// reload).
+#[test]
+fn the_programs_clock_reads_clock_monotonic_either_way() {
+    if !require_root("the_programs_clock_reads_clock_monotonic_either_way") {
+        return;
+    }
+    let jiffies = aya::util::KernelVersion::current().expect("kernel version")
+        >= aya::util::KernelVersion::new(5, 5, 0);
+    for choice in [ClockChoice::Ticks, ClockChoice::Precise] {
+        let datapath = Datapath::load_with(&LoadOptions {
+            clock: choice,
+            ..LoadOptions::default()
+        })
+        .expect("the object loads");
+        let clock = datapath.clock();
+        let ticks = choice == ClockChoice::Ticks && jiffies;
+        assert_eq!(clock.tick_ns != 0, ticks, "{choice:?}: {clock:?}");
+        for _ in 0..3 {
+            let reading = datapath.read_clock().expect("clock read");
+            // Within two ticks: the counter moves in steps (see the loader's calibration).
+            let slack = 2 * clock.tick_ns;
+            assert!(
+                reading.before_ns - slack <= reading.now_ns
+                    && reading.now_ns <= reading.after_ns + slack,
+                "{choice:?}: {reading:?} (+-{slack})"
+            );
+            if !ticks {
+                assert_eq!(reading.raw, reading.now_ns);
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod clock;
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;

@@ -8,13 +8,29 @@ use agent_common::{
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
-    maps::NP_CT,
+    maps::{NP_CLOCK, NP_CT},
     parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, has_ports, is_tcp},
 };
 
-/// The current time for timeouts.
+/// The current time for timeouts, in CLOCK_MONOTONIC nanoseconds (see `agent_common::clock`).
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    scaled(raw_clock())
+}
+
+/// A reading of `raw_clock` in CLOCK_MONOTONIC nanoseconds.
+#[inline(always)]
+pub fn scaled(raw: u64) -> u64 {
+    match NP_CLOCK.get(0) {
+        Some(clock) => clock.to_ns(raw),
+        None => raw,
+    }
+}
+
+/// The clock as the loader left it: `bpf_ktime_get_ns`, or `bpf_jiffies64` in its place.
+/// The only place the programs read a clock.
+#[inline(always)]
+pub fn raw_clock() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }

@@ -11,7 +11,8 @@
 //!   kube-proxy's DNAT, so egress to a Service is judged on its backend.
 //!
 //! Allowed packets return `TC_ACT_UNSPEC`, so other filters on the device (Terway's) still run.
-//! `netpol_floor` only returns: the benchmark's baseline.
+//! `netpol_floor` only returns: the benchmark's baseline. `netpol_clock` reports the clock to
+//! the loader.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -46,6 +47,7 @@ mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
 
     use crate::{
+        conntrack::{raw_clock, scaled},
         endpoint::{link_scoped_icmpv6, lookup_endpoint},
         parse::parse,
         verdict::{Hook, Verdict, decide, established, finish, load_config},
@@ -84,6 +86,19 @@ mod programs {
     #[classifier]
     pub fn netpol_unknown_to_pod(ctx: TcContext) -> i32 {
         finish(&ctx, try_unknown_pod(&ctx, DIR_INGRESS))
+    }
+
+    /// Writes the raw clock and the time made of it (`conntrack::scaled`), native-endian, over
+    /// the packet's first 16 bytes: the loader runs it once through BPF_PROG_TEST_RUN to
+    /// calibrate `NP_CLOCK`, and tests to check it. Never attached.
+    #[classifier]
+    pub fn netpol_clock(ctx: TcContext) -> i32 {
+        let raw = raw_clock();
+        let now = scaled(raw);
+        if ctx.store(0, &raw, 0).is_err() || ctx.store(8, &now, 0).is_err() {
+            return aya_ebpf::bindings::TC_ACT_SHOT;
+        }
+        aya_ebpf::bindings::TC_ACT_UNSPEC
     }
 
     /// Returns at once: the floor `cargo xtask bench datapath` measures the others against

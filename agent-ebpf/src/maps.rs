@@ -2,6 +2,7 @@
 
 use agent_common::{
     addr::Addr,
+    clock::{self, Clock},
     config::{self, Config},
     conntrack::{self, CtEntry, CtKey},
     endpoint::{self, Endpoint},
@@ -38,6 +39,9 @@ pub static NP_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(262_
 #[map(name = "NP_FRAGS")]
 pub static NP_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(8192, 0);
 
+#[map(name = "NP_CLOCK")]
+pub static NP_CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
+
 #[map(name = "NP_CONFIG")]
 pub static NP_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -61,6 +65,7 @@ const _: () = {
     assert!(eq(conntrack::MAP_NAME, "NP_CT"));
     assert!(eq(fragments::MAP_NAME, "NP_FRAGS"));
     assert!(eq(config::MAP_NAME, "NP_CONFIG"));
+    assert!(eq(clock::MAP_NAME, "NP_CLOCK"));
     assert!(eq(metrics::DROPS_MAP_NAME, "NP_DROPS"));
     assert!(eq(metrics::RULE_HITS_MAP_NAME, "NP_RULE_HITS"));
     assert!(eq(events::MAP_NAME, "NP_EVENTS"));

@@ -155,10 +155,7 @@ fn read_bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N],
 /// Only for the fast path's headers: each use doubles the verifier's paths until the next
 /// `launder`, which 5.10's verifier does not prune well.
 #[inline(always)]
-fn read_hot_bytes<const N: usize>(
-    ctx: &TcContext,
-    offset: usize,
-) -> Result<[u8; N], DropReason> {
+fn read_hot_bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], DropReason> {
     // The offset is bounded for the verifier by construction (a constant, or `launder`'s
     // mask): a comparison here would leave 5.10's verifier walking impossible paths that LLVM
     // merged.

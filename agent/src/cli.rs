@@ -22,8 +22,8 @@ use crate::{
     backend::{
         InterfaceRole,
         ebpf::{
-            AttachMode, BPFFS, Datapath, EbpfBackend, EventThread, LoadOptions, MapSizes,
-            ensure_bpffs,
+            AttachMode, BPFFS, ClockChoice, Datapath, EbpfBackend, EventThread, LoadOptions,
+            MapSizes, ensure_bpffs,
         },
     },
     discovery,
@@ -310,6 +310,7 @@ impl RunArgs {
                 sizes,
                 pin_dir: Some(self.pin_dir),
                 attach_mode,
+                clock: ClockChoice::Ticks,
             },
             assume_kernel,
             stale_after: std::time::Duration::from_secs(self.stale_after_seconds),

@@ -5,6 +5,7 @@
 
 mod attach;
 mod backend;
+mod clock;
 mod events;
 mod maps;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use attach::{AttachMode, NETLINK_HANDLE, NETLINK_PRIORITY};
 
 pub use backend::EbpfBackend;
+pub use clock::{ClockReading, monotonic_ns};
 pub use events::{EventReader, EventSink, EventThread};
 pub use maps::Maps;
 
@@ -20,6 +22,7 @@ use crate::backend::InterfaceRole;
 
 use agent_common::{
     addr::Addr,
+    clock::Clock,
     config, conntrack,
     endpoint::{self, Endpoint},
     fragments,
@@ -48,6 +51,8 @@ pub const PROG_UNKNOWN_FROM_POD: &str = "netpol_unknown_from_pod";
 pub const PROG_UNKNOWN_TO_POD: &str = "netpol_unknown_to_pod";
 /// The benchmark's baseline: a program that only returns (never attached).
 pub const PROG_FLOOR: &str = "netpol_floor";
+/// Reports the programs' clock to the loader (never attached).
+pub const PROG_CLOCK: &str = "netpol_clock";
 /// Every program in the object.
 pub const PROGRAMS: [&str; 6] = [
     PROG_FROM_POD,
@@ -203,6 +208,8 @@ pub enum EbpfError {
     },
     #[error("interface {iface} does not exist")]
     NoInterface { iface: String },
+    #[error("reading the programs' clock failed")]
+    Clock(#[source] clock::ClockError),
     #[error("pinning at {path} failed")]
     Pin {
         path: PathBuf,
@@ -219,6 +226,7 @@ pub struct LoadOptions {
     /// survives the agent; `None` keeps everything private to this process (tests).
     pub pin_dir: Option<PathBuf>,
     pub attach_mode: AttachMode,
+    pub clock: ClockChoice,
 }
 
 impl Default for LoadOptions {
@@ -227,8 +235,19 @@ impl Default for LoadOptions {
             sizes: MapSizes::default(),
             pin_dir: None,
             attach_mode: AttachMode::detect(),
+            clock: ClockChoice::Ticks,
         }
     }
+}
+
+/// The clock the programs read (see `agent_common::clock`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockChoice {
+    /// The tick counter where the kernel has `bpf_jiffies64` and it calibrates, else the
+    /// precise clock.
+    Ticks,
+    /// `bpf_ktime_get_ns` on every packet.
+    Precise,
 }
 
 /// The loaded object: its programs, and its maps ([`Maps`], which a datapath derefs to).
@@ -239,6 +258,9 @@ pub struct Datapath {
     pin_dir: Option<PathBuf>,
     /// Taken by [`Datapath::event_reader`].
     events: Option<PerfEventArray<MapData>>,
+    /// How the programs' clock is scaled (zeroed: the precise clock).
+    clock: Clock,
+    clock_choice: ClockChoice,
 }
 
 // The maps are the datapath's state: reads and writes go to them directly.
@@ -280,6 +302,7 @@ impl Datapath {
             sizes,
             pin_dir,
             attach_mode,
+            clock: clock_choice,
         } = options;
         let mut sizes = *sizes;
         if let Some(dir) = pin_dir {
@@ -294,37 +317,30 @@ impl Datapath {
             fragments,
             rules,
         } = sizes;
-        let mut loader = EbpfLoader::new();
-        if let Some(dir) = pin_dir {
-            std::fs::create_dir_all(dir).map_err(|source| EbpfError::Pin {
-                path: dir.clone(),
-                source,
-            })?;
-            for name in PINNED_MAPS {
-                loader.map_pin_path(name, dir.join(name));
+        let load_object = |object: &[u8]| -> Result<Ebpf, EbpfError> {
+            let mut loader = EbpfLoader::new();
+            if let Some(dir) = pin_dir {
+                std::fs::create_dir_all(dir).map_err(|source| EbpfError::Pin {
+                    path: dir.clone(),
+                    source,
+                })?;
+                for name in PINNED_MAPS {
+                    loader.map_pin_path(name, dir.join(name));
+                }
             }
-        }
-        let mut ebpf = loader
-            .map_max_entries(endpoint::MAP_NAME, endpoints)
-            .map_max_entries(ipcache::MAP_NAMES[0], ipcache)
-            .map_max_entries(ipcache::MAP_NAMES[1], ipcache)
-            .map_max_entries(policy::MAP_NAME, policy)
-            .map_max_entries(services::MAP_NAME, services)
-            .map_max_entries(conntrack::MAP_NAME, conntrack)
-            .map_max_entries(fragments::MAP_NAME, fragments)
-            .map_max_entries(metrics::RULE_HITS_MAP_NAME, rules)
-            .load(OBJECT)
-            .map_err(EbpfError::Load)?;
-        for name in PROGRAMS {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| EbpfError::Program { name, source })?;
-        }
+            loader
+                .map_max_entries(endpoint::MAP_NAME, endpoints)
+                .map_max_entries(ipcache::MAP_NAMES[0], ipcache)
+                .map_max_entries(ipcache::MAP_NAMES[1], ipcache)
+                .map_max_entries(policy::MAP_NAME, policy)
+                .map_max_entries(services::MAP_NAME, services)
+                .map_max_entries(conntrack::MAP_NAME, conntrack)
+                .map_max_entries(fragments::MAP_NAME, fragments)
+                .map_max_entries(metrics::RULE_HITS_MAP_NAME, rules)
+                .load(object)
+                .map_err(EbpfError::Load)
+        };
+        let (mut ebpf, clock) = load_programs(*clock_choice, load_object)?;
         let maps = Maps {
             sizes,
             endpoints: take_map(&mut ebpf, endpoint::MAP_NAME)?,
@@ -346,7 +362,19 @@ impl Datapath {
             maps,
             attach_mode: *attach_mode,
             pin_dir: pin_dir.clone(),
+            clock,
+            clock_choice: *clock_choice,
         })
+    }
+
+    /// How the programs' clock is scaled (`tick_ns` 0: they read the precise clock).
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// One reading of the programs' clock (`netpol_clock`).
+    pub fn read_clock(&self) -> Result<ClockReading, EbpfError> {
+        clock::read(clock_program(&self.ebpf)?).map_err(EbpfError::Clock)
     }
 
     /// A new datapath with maps of `sizes`: every map a converge rewrites whole is new (and
@@ -358,6 +386,7 @@ impl Datapath {
             sizes,
             pin_dir: self.pin_dir.clone(),
             attach_mode: self.attach_mode,
+            clock: self.clock_choice,
         };
         let mut reloaded = Self::load_replacing(&options, true)?;
         // Shared when pinned; copied for private maps (the switch, events, the generation).
@@ -538,6 +567,78 @@ fn replace_resized_pins(dir: &Path, sizes: &mut MapSizes, replace_all: bool) {
             *wanted = pinned.max_entries();
         }
     }
+}
+
+/// Loads the object and every program, with the tick counter as the programs' clock when
+/// `choice` and the kernel allow, else as built (its `NP_CLOCK` zeroed).
+fn load_programs(
+    choice: ClockChoice,
+    load_object: impl Fn(&[u8]) -> Result<Ebpf, EbpfError>,
+) -> Result<(Ebpf, Clock), EbpfError> {
+    if choice == ClockChoice::Ticks {
+        match load_ticking(&load_object) {
+            Ok(loaded) => return Ok(loaded),
+            // Kernels before 5.5 have no `bpf_jiffies64`: the clock program does not load.
+            Err(error) => tracing::info!(
+                error = format!("{error:#}"),
+                "the programs read the precise clock (bpf_ktime_get_ns)"
+            ),
+        }
+    }
+    let mut ebpf = load_object(OBJECT)?;
+    load_program(&mut ebpf, PROG_CLOCK)?;
+    for name in PROGRAMS {
+        load_program(&mut ebpf, name)?;
+    }
+    Ok((ebpf, Clock::default()))
+}
+
+/// [`load_programs`] with the tick counter: the calibration's first reading is taken before
+/// the other programs load, its second after.
+fn load_ticking(
+    load_object: impl Fn(&[u8]) -> Result<Ebpf, EbpfError>,
+) -> anyhow::Result<(Ebpf, Clock)> {
+    let object = clock::with_ticks(OBJECT)?;
+    let mut ebpf = load_object(object.bytes())?;
+    // Taken out to be written while a program is borrowed; dropped once every program holds
+    // it.
+    let mut map = take_map(&mut ebpf, agent_common::clock::MAP_NAME)?;
+    let first = clock::read(load_program(&mut ebpf, PROG_CLOCK)?)?;
+    for name in PROGRAMS {
+        load_program(&mut ebpf, name)?;
+    }
+    let clock = clock::calibrate(first, clock_program(&ebpf)?, &mut map)?;
+    tracing::info!(
+        tick_ns = clock.tick_ns,
+        "the programs read the tick counter (bpf_jiffies64)"
+    );
+    Ok((ebpf, clock))
+}
+
+fn clock_program(ebpf: &Ebpf) -> Result<&SchedClassifier, EbpfError> {
+    ebpf.program(PROG_CLOCK)
+        .ok_or(EbpfError::MissingProgram { name: PROG_CLOCK })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            name: PROG_CLOCK,
+            source,
+        })
+}
+
+/// Loads (verifies) the program `name` of the object.
+fn load_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    Ok(program)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
