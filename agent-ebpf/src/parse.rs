@@ -17,6 +17,7 @@ use agent_common::{
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 
 const ETH_HLEN: usize = 14;
+const IPV6_HLEN: usize = 40;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -209,6 +210,26 @@ fn addr_v4(octets: [u8; 4]) -> Addr {
     }
 }
 
+/// An IPv6 address in map form, copied from the packet's linear data at `at`.
+///
+/// # Safety
+/// `at..at + 16` must lie within the packet's linear data, checked against `data_end`.
+#[inline(always)]
+unsafe fn addr_v6_at(at: usize) -> Addr {
+    let mut addr = MaybeUninit::<Addr>::uninit();
+    // SAFETY: the family word is written here and the sixteen bytes copied from the packet,
+    // which the caller vouches for.
+    unsafe {
+        write_volatile(addr.as_mut_ptr().cast::<u32>(), FAMILY_V6);
+        core::ptr::copy_nonoverlapping(
+            at as *const u8,
+            (*addr.as_mut_ptr()).bytes.as_mut_ptr(),
+            16,
+        );
+        addr.assume_init()
+    }
+}
+
 /// An IPv6 address in map form, read from the packet at `offset` straight into place.
 #[inline(always)]
 fn load_addr_v6(ctx: &TcContext, offset: usize) -> Result<Addr, DropReason> {
@@ -224,12 +245,31 @@ fn load_addr_v6(ctx: &TcContext, offset: usize) -> Result<Addr, DropReason> {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext) -> Result<Packet, DropReason> {
-    let [next] = read_bytes(ctx, ETH_HLEN + 6)?;
+    // The fixed header in place when the linear data holds it, as in `read_hot_bytes`: one
+    // bounds check instead of three helper calls.
+    let header = ctx.data() + ETH_HLEN;
+    let (next, src, dst) = if header + IPV6_HLEN <= ctx.data_end() {
+        // SAFETY: `header..header + 40` lies within the linear packet data, checked just above.
+        unsafe {
+            (
+                *((header + 6) as *const u8),
+                addr_v6_at(header + 8),
+                addr_v6_at(header + 24),
+            )
+        }
+    } else {
+        let [next] = read_bytes(ctx, ETH_HLEN + 6)?;
+        (
+            next,
+            load_addr_v6(ctx, ETH_HLEN + 8)?,
+            load_addr_v6(ctx, ETH_HLEN + 24)?,
+        )
+    };
     let mut packet = Packet {
-        src: load_addr_v6(ctx, ETH_HLEN + 8)?,
-        dst: load_addr_v6(ctx, ETH_HLEN + 24)?,
+        src,
+        dst,
         protocol: next,
-        l4_offset: ETH_HLEN + 40,
+        l4_offset: ETH_HLEN + IPV6_HLEN,
         fragment: Fragment {
             later: false,
             first_of_many: false,
