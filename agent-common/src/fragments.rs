@@ -24,7 +24,7 @@ pub struct FragKey {
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 48);
 
-/// Value: when the first fragment passed (`bpf_ktime_get_ns`).
+/// Value: when the first fragment passed (CLOCK_MONOTONIC nanoseconds, see [`crate::clock`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FragEntry {

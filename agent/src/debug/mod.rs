@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 
 use crate::{
-    backend::iptables::DEFAULT_MAXELEM,
+    backend::{ebpf::monotonic_ns, iptables::DEFAULT_MAXELEM},
     monitor::MonitorEvent,
     policy::{Flow, Names, PathVerdict, lookup},
 };
@@ -1618,13 +1618,4 @@ fn render_event(event: &MonitorEvent) -> String {
         line.push_str(&format!(" isolated by {}", event.isolated_by.join(",")));
     }
     line
-}
-
-/// `bpf_ktime_get_ns`'s clock.
-fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime only writes the struct passed in.
-    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
