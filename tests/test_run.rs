@@ -872,6 +872,102 @@ fn a_pod_interface_cannot_claim_another_pods_address() {
     assert_eq!(harness.drops(DropReason::Spoofed, DIR_EGRESS), 1);
 }
 
+/// `NP_IF_SOURCES` spares established packets the endpoint lookup on a pod's egress hook; it
+/// may only ever confirm what `NP_ENDPOINTS` says.
+#[test]
+fn the_interface_table_confirms_only_what_the_endpoints_say() {
+    if !require_root("the_interface_table_confirms_only_what_the_endpoints_say") {
+        return;
+    }
+    let mut harness = Harness::new(0);
+    let slots = |harness: &mut Harness| {
+        harness
+            .datapath()
+            .interface_sources()
+            .expect("table read")
+            .into_iter()
+            .map(|slot| {
+                let v6 = (slot.v6.0 != [0; 16]).then(|| std::net::Ipv6Addr::from(slot.v6.0));
+                (
+                    slot.ifindex,
+                    std::net::Ipv4Addr::from(slot.v4.to_ne_bytes()),
+                    v6,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // Harness endpoints have no interface yet: nothing to confirm.
+    assert_eq!(slots(&mut harness), vec![]);
+    // Test runs deliver on the loopback device (ifindex 1). A (both families) moves onto it.
+    let a = |ifindex| Endpoint {
+        id: 1,
+        ifindex,
+        flags: FLAG_EGRESS_ISOLATED,
+        ingress_set: 0,
+        egress_set: SET_A_EGRESS,
+    };
+    for pod in [POD_A, POD_A6] {
+        harness
+            .datapath()
+            .insert_endpoint(addr(pod), a(1))
+            .expect("endpoint");
+    }
+    let a6: std::net::Ipv6Addr = POD_A6.parse().expect("address");
+    assert_eq!(
+        slots(&mut harness),
+        vec![(1, POD_A.parse().expect("address"), Some(a6))]
+    );
+    // A connection, then its later packets on the table's fast path.
+    let ack = tcp(POD_A, INTERNET, 40000, 443, TCP_ACK);
+    assert_eq!(harness.send_from_pod(&syn(POD_A, INTERNET, 443)), PASS);
+    assert_eq!(harness.send_from_pod(&ack), PASS);
+    // A moves to another interface: the loopback may no longer send as A, tracked or not.
+    for pod in [POD_A, POD_A6] {
+        harness
+            .datapath()
+            .insert_endpoint(addr(pod), a(99))
+            .expect("endpoint");
+    }
+    assert_eq!(
+        slots(&mut harness),
+        vec![(99, POD_A.parse().expect("address"), Some(a6))]
+    );
+    assert_eq!(harness.send_from_pod(&ack), DROP);
+    assert_eq!(harness.send_from_pod(&syn(POD_A, INTERNET, 443)), DROP);
+    assert_eq!(harness.drops(DropReason::Spoofed, DIR_EGRESS), 2);
+    // Two interfaces in one slot (1 and 1 + 4096): no confirmation for either, and A, back on
+    // the loopback, still sends through the endpoint lookup.
+    for pod in [POD_A, POD_A6] {
+        harness
+            .datapath()
+            .insert_endpoint(addr(pod), a(1))
+            .expect("endpoint");
+    }
+    let b = Endpoint {
+        id: 2,
+        ifindex: 1 + 4096,
+        flags: FLAG_EGRESS_ISOLATED,
+        ingress_set: 0,
+        egress_set: SET_B_EGRESS,
+    };
+    harness
+        .datapath()
+        .insert_endpoint(addr(POD_B), b)
+        .expect("endpoint");
+    assert_eq!(slots(&mut harness), vec![]);
+    assert_eq!(harness.send_from_pod(&ack), PASS);
+    // B goes: A's slot is A's again.
+    harness
+        .datapath()
+        .remove_endpoint(&addr(POD_B))
+        .expect("endpoint");
+    assert_eq!(
+        slots(&mut harness),
+        vec![(1, POD_A.parse().expect("address"), Some(a6))]
+    );
+    assert_eq!(harness.send_from_pod(&ack), PASS);
+}
+
 #[test]
 fn a_pod_interface_carries_only_known_endpoints_addresses() {
     if !require_root("a_pod_interface_carries_only_known_endpoints_addresses") {

@@ -66,3 +66,62 @@ impl Endpoint {
 
 #[cfg(feature = "user")]
 crate::impl_pod!(Endpoint);
+
+/// `NP_IF_SOURCES`: the addresses each pod interface may send from, in a direct-mapped table
+/// indexed by interface index modulo [`IF_SOURCES_SLOTS`]. It answers the anti-spoofing
+/// question of established packets on a pod's egress hook without the `NP_ENDPOINTS` lookup
+/// (an array lookup is inlined by the verifier; a hash lookup is a call and a hash of the
+/// address). A slot names its interface, so it either confirms exactly what `NP_ENDPOINTS`
+/// says, or knows nothing (empty, another interface's, two interfaces sharing it): then the
+/// program looks the endpoint up as before. Kept in step with `NP_ENDPOINTS` by the agent that
+/// loaded the programs; not pinned.
+pub const IF_SOURCES_MAP_NAME: &str = "NP_IF_SOURCES";
+
+/// Slots of `NP_IF_SOURCES` (a power of two).
+pub const IF_SOURCES_SLOTS: u32 = 4096;
+
+/// Value: an interface and its addresses (zero: none of that family; 0.0.0.0 and `::` are no
+/// pod's address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct IfSources {
+    /// The interface this slot describes; 0 for an empty slot.
+    pub ifindex: u32,
+    /// The IPv4 address's bytes as in [`Addr`] (network order, read as a native word).
+    pub v4: u32,
+    pub v6: crate::addr::AddrBytes,
+}
+const _: () = assert!(core::mem::size_of::<IfSources>() == 24);
+const _: () = assert!(IF_SOURCES_SLOTS.is_power_of_two());
+
+impl IfSources {
+    /// The slot of interface `ifindex`.
+    #[inline(always)]
+    pub fn slot(ifindex: u32) -> u32 {
+        ifindex & (IF_SOURCES_SLOTS - 1)
+    }
+
+    /// Whether `addr` is one of the slot's addresses.
+    #[inline(always)]
+    pub fn owns(&self, addr: &Addr) -> bool {
+        // Word by word, spelled out: a loop would be a back-edge, which 4.19 rejects.
+        let word = |bytes: &[u8; 16], i: usize| {
+            u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
+        };
+        let (a, s) = (&addr.bytes.0, &self.v6.0);
+        match addr.family {
+            crate::addr::FAMILY_V4 => self.v4 != 0 && word(a, 0) == self.v4,
+            crate::addr::FAMILY_V6 => {
+                word(s, 0) | word(s, 4) | word(s, 8) | word(s, 12) != 0
+                    && word(a, 0) == word(s, 0)
+                    && word(a, 4) == word(s, 4)
+                    && word(a, 8) == word(s, 8)
+                    && word(a, 12) == word(s, 12)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(IfSources);

@@ -3,11 +3,11 @@
 
 use agent_common::{
     addr::{Addr, FAMILY_V6},
-    endpoint::Endpoint,
+    endpoint::{Endpoint, IfSources},
 };
 
 use crate::{
-    maps::NP_ENDPOINTS,
+    maps::{NP_ENDPOINTS, NP_IF_SOURCES},
     parse::{IPPROTO_ICMPV6, Packet},
 };
 
@@ -18,6 +18,16 @@ pub fn lookup_endpoint(addr: &Addr) -> Option<&'static Endpoint> {
     // SAFETY: hash map values stay valid for the program run (RCU); userspace replaces whole
     // elements, so a reader sees the old or the new one.
     unsafe { NP_ENDPOINTS.get(addr) }
+}
+
+/// Whether pod interface `ifindex` owns `addr` by `NP_IF_SOURCES`. `false` only means "not
+/// known there": the caller then asks `NP_ENDPOINTS`.
+#[inline(always)]
+pub fn interface_owns(ifindex: u32, addr: &Addr) -> bool {
+    match NP_IF_SOURCES.get(IfSources::slot(ifindex)) {
+        Some(slot) => ifindex != 0 && slot.ifindex == ifindex && slot.owns(addr),
+        None => false,
+    }
 }
 
 /// ICMPv6 that never leaves the pod's link: neighbour discovery, duplicate address detection

@@ -41,6 +41,7 @@ mod verdict;
 mod programs {
     use agent_common::{
         config::CONFIG_ENFORCEMENT_OFF,
+        endpoint::Endpoint,
         metrics::DropReason,
         policy::{DIR_EGRESS, DIR_INGRESS},
     };
@@ -48,8 +49,8 @@ mod programs {
 
     use crate::{
         conntrack::{raw_clock, scaled},
-        endpoint::{link_scoped_icmpv6, lookup_endpoint},
-        parse::parse,
+        endpoint::{interface_owns, link_scoped_icmpv6, lookup_endpoint},
+        parse::{Packet, parse},
         verdict::{Hook, Verdict, decide, established, finish, load_config},
     };
 
@@ -122,19 +123,25 @@ mod programs {
             Err(reason) => return Verdict::drop(reason, DIR_EGRESS, false),
         };
         // Everything a pod sends must carry one of its own addresses: a forged source would
-        // take another pod's policy, or none, or pass as an allowed outside client.
-        let Some(src) = lookup_endpoint(&packet.src) else {
-            if link_scoped_icmpv6(&packet, &packet.src) {
-                return Verdict::PASS;
+        // take another pod's policy, or none, or pass as an allowed outside client. The
+        // interface's own table answers that for the fast path; the endpoint, which the
+        // decision needs anyway, where it cannot.
+        let mut src = None;
+        if !interface_owns(ifindex(ctx), &packet.src) {
+            src = source_endpoint(ctx, &packet);
+            if src.is_none() {
+                return refused_source(&packet);
             }
-            return Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false);
-        };
-        if src.ifindex != 0 && src.ifindex != ifindex(ctx) {
-            return Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false);
         }
         if established(ctx, config, &packet, Hook::FromPod) {
             return Verdict::PASS;
         }
+        if src.is_none() {
+            src = source_endpoint(ctx, &packet);
+        }
+        let Some(src) = src else {
+            return refused_source(&packet);
+        };
         decide(ctx, config, &packet, Some(src), None, Hook::FromPod)
     }
 
@@ -218,6 +225,27 @@ mod programs {
             return Verdict::PASS;
         };
         decide(ctx, config, &packet, Some(src), None, Hook::ToUplink)
+    }
+
+    /// The local endpoint that owns the packet's source, if the packet is on that endpoint's
+    /// interface (or the endpoint's interface is not known yet).
+    #[inline(always)]
+    fn source_endpoint(ctx: &TcContext, packet: &Packet) -> Option<&'static Endpoint> {
+        let src = lookup_endpoint(&packet.src)?;
+        if src.ifindex != 0 && src.ifindex != ifindex(ctx) {
+            return None;
+        }
+        Some(src)
+    }
+
+    /// A source no endpoint of the interface accounts for: forged, unless it is link-scoped
+    /// ICMPv6.
+    #[inline(always)]
+    fn refused_source(packet: &Packet) -> Verdict {
+        if link_scoped_icmpv6(packet, &packet.src) {
+            return Verdict::PASS;
+        }
+        Verdict::drop(DropReason::Spoofed, DIR_EGRESS, false)
     }
 
     /// The interface the packet is on.

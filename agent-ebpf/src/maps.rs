@@ -5,7 +5,7 @@ use agent_common::{
     clock::{self, Clock},
     config::{self, Config},
     conntrack::{self, CtEntry, CtKey},
-    endpoint::{self, Endpoint},
+    endpoint::{self, Endpoint, IF_SOURCES_SLOTS, IfSources},
     events::{self, PolicyEvent},
     fragments::{self, FragEntry, FragKey},
     ipcache::{self, PeerClass},
@@ -20,6 +20,9 @@ use aya_ebpf::{
 
 #[map(name = "NP_ENDPOINTS")]
 pub static NP_ENDPOINTS: HashMap<Addr, Endpoint> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "NP_IF_SOURCES")]
+pub static NP_IF_SOURCES: Array<IfSources> = Array::with_max_entries(IF_SOURCES_SLOTS, 0);
 
 #[map(name = "NP_IPCACHE")]
 pub static NP_IPCACHE: LpmTrie<Addr, PeerClass> = LpmTrie::with_max_entries(65536, 0);
@@ -58,6 +61,7 @@ pub static NP_EVENTS: PerfEventArray<PolicyEvent> = PerfEventArray::new(0);
 // The names above must be the ones userspace opens.
 const _: () = {
     assert!(eq(endpoint::MAP_NAME, "NP_ENDPOINTS"));
+    assert!(eq(endpoint::IF_SOURCES_MAP_NAME, "NP_IF_SOURCES"));
     assert!(eq(ipcache::MAP_NAMES[0], "NP_IPCACHE"));
     assert!(eq(ipcache::MAP_NAMES[1], "NP_IPCACHE1"));
     assert!(eq(policy::MAP_NAME, "NP_POLICY"));

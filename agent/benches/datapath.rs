@@ -5,7 +5,10 @@
 //! - a new connection's verdict (a denied flow never becomes tracked, so every run is a full
 //!   decision: endpoint, connection-tracking misses, peer class, policy lookups, drop count)
 //!   with compiled states of 0, 100, 1,000 and 10,000 policies;
-//! - an established connection (a tracked flow: the connection-tracking hit).
+//! - an established connection (a tracked flow: the connection-tracking hit), on the
+//!   destination pod's ingress hook, and its reply on the pod's egress hook, where the source
+//!   is checked against the pod's interface first: by `NP_IF_SOURCES` when the endpoint's
+//!   interface is known, else by the endpoint lookup.
 //!
 //! Each over IPv4 and IPv6, on the synthetic cluster of `benches/synthetic`. Figures only;
 //! recorded in `docs/DATAPATH-BENCH.md`.
@@ -18,7 +21,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use netpol_agent::{
     backend::{
         Backend, PodInterfaces,
-        ebpf::{Datapath, EbpfBackend, MapSizes, PROG_FLOOR, PROG_TO_POD},
+        ebpf::{Datapath, EbpfBackend, MapSizes, PROG_FLOOR, PROG_FROM_POD, PROG_TO_POD},
     },
     policy::compile,
 };
@@ -110,14 +113,15 @@ fn main() {
     });
     row("floor (a program that only returns)", floor[0], floor[1]);
 
+    // Test runs deliver on the loopback device: the measured pod's interface.
+    let on_loopback: PodInterfaces = target.iter().map(|ip| ((*ip).into(), 1)).collect();
     let mut established = [0u128; 2];
+    let mut replies = [[0u128; 2]; 2];
     for policies in [0usize, 100, 1_000, 10_000] {
         let snapshot = cluster(policies);
         let state = compile(&snapshot, NODE);
         backend.datapath_mut().clear().expect("maps emptied");
-        backend
-            .converge(&state, &PodInterfaces::new())
-            .expect("converged");
+        backend.converge(&state, &on_loopback).expect("converged");
         let verdict = [true, false].map(|v4| {
             measure(
                 backend.datapath_mut(),
@@ -141,11 +145,31 @@ fn main() {
                     &frame(v4, &allowed_from, 3000),
                 )
             });
+            let reply =
+                |v4: bool| tcp_frame(pick(&target, v4), pick(&allowed_from, v4), 80, 3000, 0x10);
+            for (i, pods) in [on_loopback.clone(), PodInterfaces::new()]
+                .iter()
+                .enumerate()
+            {
+                backend.converge(&state, pods).expect("converged");
+                replies[i] = [true, false]
+                    .map(|v4| measure(backend.datapath_mut(), PROG_FROM_POD, &reply(v4)));
+            }
         }
     }
     row(
         "established (conntrack hit), 10,000 policies",
         established[0],
         established[1],
+    );
+    row(
+        "its reply, pod egress, interface table",
+        replies[0][0],
+        replies[0][1],
+    );
+    row(
+        "its reply, pod egress, endpoint lookup",
+        replies[1][0],
+        replies[1][1],
     );
 }

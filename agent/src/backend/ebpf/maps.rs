@@ -2,13 +2,17 @@
 //! [`Datapath`](super::Datapath) holds them next to its programs; the debug CLI opens the same
 //! maps from their pins ([`Maps::open_pinned`]) and only ever reads.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use agent_common::{
     addr::Addr,
+    addr::{FAMILY_V4, FAMILY_V6},
     config::{self, Config, GENERATION_BIT},
     conntrack::{self, CtEntry, CtKey},
-    endpoint::{self, Endpoint},
+    endpoint::{self, Endpoint, IfSources},
     fragments::{self, FragEntry, FragKey},
     ipcache::{self, PeerClass},
     metrics::{self, Counter, DropReason},
@@ -34,6 +38,98 @@ pub struct Maps {
     pub(super) config: Array<MapData, Config>,
     pub(super) drops: PerCpuArray<MapData, Counter>,
     pub(super) rule_hits: PerCpuArray<MapData, Counter>,
+    /// `NP_IF_SOURCES`, kept in step with `endpoints` by every write of them; `None` for maps
+    /// opened from their pins, which are only read.
+    pub(super) sources: Option<InterfaceSources>,
+}
+
+/// `NP_IF_SOURCES` and the endpoints' interfaces it is made of.
+pub(super) struct InterfaceSources {
+    map: Array<MapData, IfSources>,
+    /// Every endpoint address with a known interface, and that interface.
+    owners: BTreeMap<Addr, u32>,
+}
+
+impl InterfaceSources {
+    /// The table for `endpoints` (those adopted from pins, or none), written whole.
+    pub(super) fn new(
+        map: Array<MapData, IfSources>,
+        endpoints: &[(Addr, Endpoint)],
+    ) -> Result<Self, EbpfError> {
+        let mut sources = Self {
+            map,
+            owners: BTreeMap::new(),
+        };
+        for (addr, endpoint) in endpoints {
+            sources.set_owner(*addr, endpoint.ifindex)?;
+        }
+        Ok(sources)
+    }
+
+    /// The interface `addr` is recorded on (0: none).
+    fn owner(&self, addr: &Addr) -> u32 {
+        self.owners.get(addr).copied().unwrap_or(0)
+    }
+
+    /// Records that `addr` belongs to interface `ifindex` (0: no known interface, or gone) and
+    /// rewrites the slots this changes.
+    fn set_owner(&mut self, addr: Addr, ifindex: u32) -> Result<(), EbpfError> {
+        let previous = if ifindex == 0 {
+            self.owners.remove(&addr)
+        } else {
+            self.owners.insert(addr, ifindex)
+        };
+        for changed in [previous, Some(ifindex)].into_iter().flatten() {
+            if changed != 0 {
+                self.write_slot(IfSources::slot(changed))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes slot `slot` from `owners`: the one interface of that slot with its addresses, or
+    /// nothing where it would not be exact (two interfaces sharing the slot, two addresses of
+    /// one family), which leaves those interfaces to the endpoint lookup.
+    fn write_slot(&mut self, slot: u32) -> Result<(), EbpfError> {
+        let mut value = IfSources::default();
+        let mut exact = true;
+        for (addr, &ifindex) in &self.owners {
+            if IfSources::slot(ifindex) != slot {
+                continue;
+            }
+            if value.ifindex != 0 && value.ifindex != ifindex {
+                exact = false;
+                break;
+            }
+            value.ifindex = ifindex;
+            match addr.family {
+                FAMILY_V4 if value.v4 == 0 => {
+                    let bytes = &addr.bytes;
+                    value.v4 = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                }
+                FAMILY_V6 if value.v6 == Default::default() => value.v6 = addr.bytes,
+                _ => {
+                    exact = false;
+                    break;
+                }
+            }
+        }
+        if !exact {
+            value = IfSources::default();
+        }
+        self.map
+            .set(slot, value, 0)
+            .map_err(update_error(endpoint::IF_SOURCES_MAP_NAME, "set"))
+    }
+
+    /// The slots written, for tests and the debug CLI.
+    pub(super) fn slots(&self) -> Result<Vec<IfSources>, EbpfError> {
+        self.map
+            .iter()
+            .filter(|slot| !matches!(slot, Ok(value) if value.ifindex == 0))
+            .collect::<Result<_, _>>()
+            .map_err(update_error(endpoint::IF_SOURCES_MAP_NAME, "read"))
+    }
 }
 
 impl Maps {
@@ -78,6 +174,7 @@ impl Maps {
             config: open(dir, config::MAP_NAME)?,
             drops: open(dir, metrics::DROPS_MAP_NAME)?,
             rule_hits,
+            sources: None,
         })
     }
 
@@ -96,14 +193,38 @@ impl Maps {
 
     pub fn insert_endpoint(&mut self, addr: Addr, endpoint: Endpoint) -> Result<(), EbpfError> {
         let capacity = self.sizes.endpoints;
+        // The table may only confirm what `NP_ENDPOINTS` says: an address whose interface
+        // changes leaves it before the endpoint changes, and joins it after.
+        let moved = self
+            .sources
+            .as_ref()
+            .is_some_and(|sources| sources.owner(&addr) != endpoint.ifindex);
+        if moved && let Some(sources) = &mut self.sources {
+            sources.set_owner(addr, 0)?;
+        }
         self.endpoints
             .insert(addr, endpoint, 0)
-            .map_err(insert_error(endpoint::MAP_NAME, capacity))
+            .map_err(insert_error(endpoint::MAP_NAME, capacity))?;
+        if moved && let Some(sources) = &mut self.sources {
+            sources.set_owner(addr, endpoint.ifindex)?;
+        }
+        Ok(())
     }
 
     pub fn remove_endpoint(&mut self, addr: &Addr) -> Result<(), EbpfError> {
+        if let Some(sources) = &mut self.sources {
+            sources.set_owner(*addr, 0)?;
+        }
         tolerate_missing(self.endpoints.remove(addr))
             .map_err(update_error(endpoint::MAP_NAME, "remove"))
+    }
+
+    /// The written slots of `NP_IF_SOURCES` (none for maps opened from their pins).
+    pub fn interface_sources(&self) -> Result<Vec<IfSources>, EbpfError> {
+        match &self.sources {
+            Some(sources) => sources.slots(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Maps the prefix `addr/len` (address bits, without the family word) to `class` in the

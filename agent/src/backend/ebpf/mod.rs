@@ -341,9 +341,20 @@ impl Datapath {
                 .map_err(EbpfError::Load)
         };
         let (mut ebpf, clock) = load_programs(*clock_choice, load_object)?;
+        let endpoints: aya::maps::HashMap<MapData, Addr, Endpoint> =
+            take_map(&mut ebpf, endpoint::MAP_NAME)?;
+        let adopted: Vec<(Addr, Endpoint)> = endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(update_error(endpoint::MAP_NAME, "read"))?;
+        let sources = maps::InterfaceSources::new(
+            take_map(&mut ebpf, endpoint::IF_SOURCES_MAP_NAME)?,
+            &adopted,
+        )?;
         let maps = Maps {
             sizes,
-            endpoints: take_map(&mut ebpf, endpoint::MAP_NAME)?,
+            endpoints,
+            sources: Some(sources),
             ipcache: [
                 take_map(&mut ebpf, ipcache::MAP_NAMES[0])?,
                 take_map(&mut ebpf, ipcache::MAP_NAMES[1])?,
