@@ -63,8 +63,9 @@ pub const CT_SEEN_TO_UPLINK: u32 = 1 << 9;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtEntry {
-    /// The last packet's time (CLOCK_MONOTONIC nanoseconds, see [`crate::clock`]). Programs on other CPUs may store a time later
-    /// than the one a reader took: readers treat that as age 0.
+    /// The last packet's time (CLOCK_MONOTONIC nanoseconds, see [`crate::clock`]). Programs on
+    /// other CPUs may store a time later than the one a reader took: readers treat that as age
+    /// 0.
     pub last_seen_ns: u64,
     /// `CT_*` bits.
     pub flags: u32,

@@ -1,11 +1,12 @@
 //! Packet parsing: the only code that reads packet bytes.
 //!
-//! The fast path's headers (the ethertype with an IPv4 header, TCP and UDP ports) are read in
-//! place when the skb's linear data holds them, the common case: one bounds check the verifier
-//! proves instead of a helper call ([`read_hot_bytes`]). Everything else, and those headers
-//! when they are not linear, goes through `bpf_skb_load_bytes` (`TcContext::load`)
-//! with fixed sizes: it bounds-checks at run time and needs no zeroed buffer (which would pull
-//! in a `memset` loop). Every loop is unrolled by hand (4.19 has no bounded loops).
+//! The fast path's headers (the ethertype with an IPv4 header, the IPv6 fixed header, TCP and
+//! UDP ports) are read in place when the skb's linear data holds them, the common case: one
+//! bounds check the verifier proves instead of a helper call ([`read_hot_bytes`]). Everything
+//! else, and those headers when they are not linear, goes through `bpf_skb_load_bytes`
+//! (`TcContext::load`) with fixed sizes: it bounds-checks at run time and needs no zeroed
+//! buffer (which would pull in a `memset` loop). Every loop is unrolled by hand (4.19 has no
+//! bounded loops).
 
 use core::{mem::MaybeUninit, ptr::write_volatile};
 
