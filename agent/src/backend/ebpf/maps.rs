@@ -122,7 +122,7 @@ impl InterfaceSources {
             .map_err(update_error(endpoint::IF_SOURCES_MAP_NAME, "set"))
     }
 
-    /// The slots written, for tests and the debug CLI.
+    /// The slots written (tests read them; the debug CLI cannot: the table is not pinned).
     pub(super) fn slots(&self) -> Result<Vec<IfSources>, EbpfError> {
         self.map
             .iter()
