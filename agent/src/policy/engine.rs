@@ -186,7 +186,7 @@ pub struct Engine {
     policies_by_ns: BTreeMap<String, BTreeSet<String>>,
     /// Non-hostNetwork pods listing each address; the first is its owner. (Hash maps here
     /// and below are only looked up, never iterated: output order cannot depend on them.)
-    claims: HashMap<Addr, BTreeSet<ObjectRef>>,
+    claims: HashMap<Addr, Claimants>,
     /// Non-hostNetwork pods declaring each named port.
     named_pods: BTreeMap<NamedPort, BTreeSet<ObjectRef>>,
 
@@ -216,6 +216,39 @@ pub struct Engine {
     state: NodeState,
     journal: Journal,
     dirty: Dirty,
+}
+
+/// The pods listing one address, in order: the first owns it. Nearly always one pod, so a
+/// sorted vector rather than a `BTreeSet`, whose first node has room for eleven (over 500
+/// bytes per pod address of the cluster).
+#[derive(Debug, Default)]
+struct Claimants(Vec<ObjectRef>);
+
+impl Claimants {
+    fn insert(&mut self, key: &ObjectRef) {
+        if let Err(at) = self.0.binary_search(key) {
+            self.0.reserve_exact(1);
+            self.0.insert(at, key.clone());
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectRef) {
+        if let Ok(at) = self.0.binary_search(key) {
+            self.0.remove(at);
+        }
+    }
+
+    fn first(&self) -> Option<&ObjectRef> {
+        self.0.first()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, ObjectRef> {
+        self.0.iter()
+    }
 }
 
 /// The state of `snapshot` for `node`, compiled from scratch.
@@ -548,7 +581,7 @@ impl Engine {
             self.dirty.hosts.insert(*addr);
         }
         for addr in new_ips.difference(&old_ips) {
-            self.claims.entry(*addr).or_default().insert(key.clone());
+            self.claims.entry(*addr).or_default().insert(key);
             self.dirty.hosts.insert(*addr);
         }
 
@@ -615,7 +648,7 @@ impl Engine {
         let others: BTreeSet<ObjectRef> = old_ips
             .symmetric_difference(&new_ips)
             .filter_map(|addr| self.claims.get(addr))
-            .flatten()
+            .flat_map(Claimants::iter)
             .filter(|other| *other != key)
             .cloned()
             .collect();
