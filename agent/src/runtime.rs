@@ -594,8 +594,12 @@ impl<B: Backend> Runtime<B> {
         {
             pod.ips = claim.addresses.iter().copied().collect();
         }
-        pod.ips
-            .retain(|ip| self.claimed.get(ip).is_none_or(|owner| *owner == key));
+        pod.ips = pod
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| self.claimed.get(ip).is_none_or(|owner| *owner == key))
+            .collect();
         pod
     }
 

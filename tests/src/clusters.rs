@@ -150,7 +150,7 @@ pub fn cluster(rng: &mut Rng) -> Cluster {
             namespace: (*rng.pick(&NAMESPACES)).to_owned(),
             name: format!("pod-{index}"),
             labels: labels(rng),
-            ips,
+            ips: ips.into_iter().collect(),
             node: Some(if local { NODE } else { "node-2" }.to_owned()),
             host_network,
             ports,

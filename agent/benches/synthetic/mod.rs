@@ -69,7 +69,7 @@ pub fn cluster(policies: usize) -> Snapshot {
                     ("app", role.to_owned()),
                     ("access", if k == 1 { "granted" } else { "none" }.to_owned()),
                 ]),
-                ips: pod_ips(k),
+                ips: pod_ips(k).into_iter().collect(),
                 node: Some(
                     if k.is_multiple_of(91) {
                         NODE

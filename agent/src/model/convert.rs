@@ -29,8 +29,8 @@ use k8s_openapi::{
 };
 
 use super::{
-    Cidr, ContainerPort, IpBlock, Kind, Namespace, NetworkPolicy, Operator, Peer, Peers, Pod,
-    PolicyPort, PortMatch, Ports, Protocol, Rejection, Requirement, Rule, Selector,
+    Cidr, ContainerPort, IpBlock, Kind, Labels, Namespace, NetworkPolicy, Operator, Peer, Peers,
+    Pod, PolicyPort, PortMatch, Ports, Protocol, Rejection, Requirement, Rule, Selector,
 };
 
 /// A converted object and the problems found while converting it.
@@ -90,7 +90,12 @@ pub fn namespace(namespace: &core::Namespace) -> Converted<Namespace> {
         problems.add("metadata.name is missing".to_owned());
         return problems.finish(None);
     };
-    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    let labels = namespace
+        .metadata
+        .labels
+        .clone()
+        .map(Labels::from)
+        .unwrap_or_default();
     problems.finish(Some(Namespace::new(name, labels)))
 }
 
@@ -167,11 +172,13 @@ pub fn pod(pod: &crate::source::SlimPod) -> Converted<Pod> {
         }
     }
 
+    // Kept for every pod of the cluster: no spare capacity.
+    ports.shrink_to_fit();
     let pod = Pod {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        ips,
+        labels: pod.metadata.labels.clone(),
+        ips: ips.into_iter().collect(),
         node: spec.and_then(|spec| spec.node_name.clone()),
         host_network: spec.and_then(|spec| spec.host_network).unwrap_or(false),
         ports,
@@ -453,7 +460,11 @@ fn selector_from(selector: &LabelSelector) -> Result<Selector, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Selector {
-        match_labels: selector.match_labels.clone().unwrap_or_default(),
+        match_labels: selector
+            .match_labels
+            .clone()
+            .map(Labels::from)
+            .unwrap_or_default(),
         match_expressions,
     })
 }
@@ -462,7 +473,11 @@ fn selector_from(selector: &LabelSelector) -> Result<Selector, String> {
 /// the invalid ones would.
 fn widened_selector(selector: &LabelSelector) -> Selector {
     Selector {
-        match_labels: selector.match_labels.clone().unwrap_or_default(),
+        match_labels: selector
+            .match_labels
+            .clone()
+            .map(Labels::from)
+            .unwrap_or_default(),
         match_expressions: selector
             .match_expressions
             .iter()

@@ -11,21 +11,18 @@
 //! only entry of their list), so the pods a policy selects stay isolated as if the broken part
 //! allowed nothing. See `docs/ARCHITECTURE.md`, policy engine section, "Fail closed".
 
+mod addresses;
 pub mod cidr;
 pub mod convert;
+mod labels;
 mod snapshot;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, fmt};
 
+pub use addresses::Addresses;
 pub use cidr::{Cidr, CidrError};
+pub use labels::Labels;
 pub use snapshot::{Change, Snapshot};
-
-/// Label keys to values.
-pub type Labels = BTreeMap<String, String>;
 
 /// The label every namespace carries with its own name (Kubernetes 1.21+ sets it and keeps it
 /// immutable). The model adds it whenever a namespace is built, so selectors on it work even if
@@ -139,7 +136,7 @@ pub struct Pod {
     pub labels: Labels,
     /// Addresses (both families for dual stack). Empty while the pod has none, and for pods that
     /// have finished (their addresses may already belong to another pod).
-    pub ips: BTreeSet<IpAddr>,
+    pub ips: Addresses,
     /// `spec.nodeName`; `None` while unscheduled.
     pub node: Option<String>,
     /// A hostNetwork pod uses its node's addresses: it is never an endpoint, and pod and

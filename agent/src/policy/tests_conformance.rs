@@ -11,7 +11,7 @@ use crate::model::{Change, ObjectRef, Snapshot, convert};
 
 use super::{
     Engine, Flow, NodeState, compile,
-    conformance::{NODES, Step, all_pods, cases, cluster, ip_v4, ip_v6, labels},
+    conformance::{NODES, Step, all_pods, cases, cluster, ip_v4, ip_v6},
     evaluate, lookup,
     testkit::{canonical, check_flows},
 };
@@ -60,13 +60,21 @@ impl Node {
                     .get(*namespace)
                     .cloned()
                     .expect("namespace");
-                ns.labels.extend(labels(added));
+                ns.labels.extend(
+                    added
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
                 vec![Change::ApplyNamespace(ns)]
             }
             Step::PodLabels(namespace, pod, added) => {
                 let key = ObjectRef::new(*namespace, *pod);
                 let mut pod = snapshot.pods.get(&key).cloned().expect("pod");
-                pod.labels.extend(labels(added));
+                pod.labels.extend(
+                    added
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
                 vec![Change::ApplyPod(pod)]
             }
             Step::Probe(..) => return,

@@ -26,7 +26,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    Api, Client, Resource,
+    Api, Client,
     api::{ApiResource, DynamicObject, ListParams},
     runtime::{watcher, watcher::Event},
 };
@@ -102,7 +102,7 @@ async fn watch<K>(
     wrap: fn(Box<K>) -> ClusterObject,
     events: mpsc::Sender<SourceEvent>,
 ) where
-    K: Resource + DeserializeOwned,
+    K: DeserializeOwned,
 {
     let probe = ListParams {
         field_selector: config.field_selector.clone(),
@@ -225,7 +225,7 @@ impl Retry {
 }
 
 /// One object as the agent's type, or the object and why it is not one.
-fn decode<K: Resource + DeserializeOwned>(
+fn decode<K: DeserializeOwned>(
     kind: ObjectKind,
     wrap: fn(Box<K>) -> ClusterObject,
     mut object: DynamicObject,
@@ -234,8 +234,8 @@ fn decode<K: Resource + DeserializeOwned>(
     object.metadata.managed_fields = None;
     object.metadata.annotations = None;
     let id = ObjectId::new(kind, &object.metadata);
-    object
-        .try_parse::<K>()
+    serde_json::to_value(object)
+        .and_then(serde_json::from_value::<K>)
         .map(|object| wrap(Box::new(object)).slim())
         .map_err(|error| (id, error.to_string()))
 }

@@ -20,6 +20,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use crate::model::Labels;
+
 /// The kinds the agent watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKind {
@@ -54,18 +56,19 @@ pub struct ObjectId {
 
 impl ObjectId {
     /// The id of a `kind` object with `metadata` (namespaces have no namespace).
-    pub fn new(
-        kind: ObjectKind,
-        metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) -> Self {
+    pub fn new(kind: ObjectKind, metadata: &ObjectMeta) -> Self {
+        Self::named(kind, metadata.namespace.as_ref(), metadata.name.as_ref())
+    }
+
+    fn named(kind: ObjectKind, namespace: Option<&String>, name: Option<&String>) -> Self {
         let namespace = match kind {
-            ObjectKind::Namespace => String::new(),
-            _ => metadata.namespace.clone().unwrap_or_default(),
+            ObjectKind::Namespace => None,
+            _ => namespace,
         };
         Self {
             kind,
-            namespace,
-            name: metadata.name.clone().unwrap_or_default(),
+            namespace: namespace.cloned().unwrap_or_default(),
+            name: name.cloned().unwrap_or_default(),
         }
     }
 }
@@ -95,7 +98,14 @@ impl ClusterObject {
     pub fn id(&self) -> ObjectId {
         let (kind, metadata) = match self {
             Self::Namespace(object) => (ObjectKind::Namespace, &object.metadata),
-            Self::Pod(object) => (ObjectKind::Pod, &object.metadata),
+            Self::Pod(object) => {
+                let metadata = &object.metadata;
+                return ObjectId::named(
+                    ObjectKind::Pod,
+                    metadata.namespace.as_ref(),
+                    metadata.name.as_ref(),
+                );
+            }
             Self::NetworkPolicy(object) => (ObjectKind::NetworkPolicy, &object.metadata),
             Self::ConfigMap(object) => (ObjectKind::ConfigMap, &object.metadata),
             Self::Service(object) => (ObjectKind::Service, &object.metadata),
@@ -209,11 +219,25 @@ fn slim_metadata(metadata: ObjectMeta) -> ObjectMeta {
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 pub struct SlimPod {
     #[serde(default)]
-    pub metadata: ObjectMeta,
+    pub metadata: SlimMeta,
     #[serde(default)]
     pub spec: Option<SlimPodSpec>,
     #[serde(default)]
     pub status: Option<SlimPodStatus>,
+}
+
+/// Name, namespace, labels (shared with the engine's model of the pod) and uid, which tells a
+/// pod from an earlier one of the same name (CNI claims).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct SlimMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub uid: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
@@ -268,36 +292,6 @@ pub struct SlimPodIp {
     pub ip: String,
 }
 
-/// The API's kind, group and version of Pods, for decoding watched objects as `SlimPod`s.
-impl ::kube::Resource for SlimPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(dynamic: &()) -> std::borrow::Cow<'_, str> {
-        <Pod as ::kube::Resource>::kind(dynamic)
-    }
-
-    fn group(dynamic: &()) -> std::borrow::Cow<'_, str> {
-        <Pod as ::kube::Resource>::group(dynamic)
-    }
-
-    fn version(dynamic: &()) -> std::borrow::Cow<'_, str> {
-        <Pod as ::kube::Resource>::version(dynamic)
-    }
-
-    fn plural(dynamic: &()) -> std::borrow::Cow<'_, str> {
-        <Pod as ::kube::Resource>::plural(dynamic)
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
 /// A full Pod's slim copy (tests build pods as the API's type).
 impl From<Pod> for SlimPod {
     fn from(pod: Pod) -> Self {
@@ -316,7 +310,12 @@ impl From<Pod> for SlimPod {
             }),
         };
         Self {
-            metadata: pod.metadata,
+            metadata: SlimMeta {
+                name: pod.metadata.name,
+                namespace: pod.metadata.namespace,
+                labels: pod.metadata.labels.map(Labels::from).unwrap_or_default(),
+                uid: pod.metadata.uid,
+            },
             spec: pod.spec.map(|spec| SlimPodSpec {
                 node_name: spec.node_name,
                 host_network: spec.host_network,
@@ -336,10 +335,8 @@ impl From<Pod> for SlimPod {
     }
 }
 
-/// Name, namespace, labels and uid; only the init containers that keep running (sidecars:
-/// they serve ports).
+/// Only the init containers that keep running (sidecars: they serve ports).
 fn slim_pod(mut pod: SlimPod) -> SlimPod {
-    pod.metadata = slim_metadata(pod.metadata);
     if let Some(spec) = &mut pod.spec {
         spec.init_containers = spec.init_containers.take().map(|containers| {
             containers
@@ -533,8 +530,6 @@ mod tests {
             .collect();
         assert_eq!(names, ["http", "admin"]);
         assert_eq!(model.ips.len(), 2);
-        assert!(slim_pod.metadata.annotations.is_none());
-        assert!(slim_pod.metadata.owner_references.is_none());
         // A pod of one container, before its strings.
         let kept = std::mem::size_of::<SlimPod>() + std::mem::size_of::<SlimContainer>();
         let full = std::mem::size_of::<Pod>() + std::mem::size_of::<Container>();
