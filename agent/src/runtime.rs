@@ -380,6 +380,8 @@ impl<B: Backend> Runtime<B> {
                         self.pending.note(id);
                     }
                 }
+                // Filled in key order: rebuilt with full nodes (every pod of the cluster).
+                objects.current = model::packed(std::mem::take(&mut objects.current));
                 objects.listed.insert(kind);
             }
             SourceEvent::Failing { kind, detail } => {

@@ -59,6 +59,17 @@ impl Snapshot {
         (snapshot, rejections)
     }
 
+    /// The same snapshot with its maps rebuilt in bulk. Filled one insert at a time in key
+    /// order, as a list arrives, a `BTreeMap`'s nodes stay about half empty; rebuilt from a
+    /// sorted run they are full (about 150 bytes less per pod of the cluster).
+    pub fn packed(self) -> Self {
+        Self {
+            namespaces: super::packed(self.namespaces),
+            pods: super::packed(self.pods),
+            policies: super::packed(self.policies),
+        }
+    }
+
     /// Applies one event.
     pub fn apply(&mut self, change: Change) {
         match change {

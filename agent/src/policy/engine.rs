@@ -27,7 +27,7 @@ use agent_common::{
 };
 
 use crate::model::{
-    Change, Namespace, NetworkPolicy, ObjectRef, Peers, Pod, PortMatch, Ports, Snapshot,
+    Change, Namespace, NetworkPolicy, ObjectRef, Peers, Pod, PortMatch, Ports, Snapshot, packed,
 };
 
 use super::{
@@ -295,7 +295,7 @@ impl Engine {
         let namespaces: Vec<String> = snapshot.namespaces.keys().cloned().collect();
         let pods: Vec<ObjectRef> = snapshot.pods.keys().cloned().collect();
         let policies: Vec<ObjectRef> = snapshot.policies.keys().cloned().collect();
-        engine.snapshot = snapshot;
+        engine.snapshot = snapshot.packed();
         for name in namespaces {
             engine.namespace_changed(&name, None);
         }
@@ -304,6 +304,13 @@ impl Engine {
         }
         for key in pods {
             engine.pod_changed(&key, None);
+        }
+        // Filled in key order, as the snapshot: every pod of the cluster is in these.
+        for names in engine.pods_by_ns.values_mut() {
+            *names = packed(std::mem::take(names));
+        }
+        for pods in engine.named_pods.values_mut() {
+            *pods = packed(std::mem::take(pods));
         }
         let delta = engine.settle();
         (engine, delta)
