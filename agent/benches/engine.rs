@@ -1,5 +1,6 @@
 //! `cargo xtask bench engine`: the policy engine on a synthetic cluster of 10,000 pods in 500
-//! namespaces with 10,000 policies, compiled for a node running 110 of the pods.
+//! namespaces with 10,000 policies (or larger: [`Size`]), compiled for a node running 110 of
+//! the pods.
 //!
 //! Prints the full compile time, the delta time of one pod label change, one policy update and
 //! one namespace label change (each the median of many runs, every run a real change), the
@@ -21,15 +22,40 @@ use netpol_agent::{
     policy::{Delta, Engine},
 };
 
-const NAMESPACES: usize = 500;
 const PODS_PER_NAMESPACE: usize = 20;
-const POLICIES_PER_NAMESPACE: usize = 20;
-/// Every 91st pod runs on the measured node: 110 of 10,000.
+/// Every 91st of the first 10,000 pods runs on the measured node: the same 110 pods at any
+/// size, so every scenario below changes the same local state.
 const LOCAL_EVERY: usize = 91;
+const LOCAL_AMONG: usize = 10_000;
 const NODE: &str = "node-local";
 const COMPILE_RUNS: usize = 5;
 /// Even, so each scenario ends on its first version (the cluster as built).
 const DELTA_RUNS: usize = 100;
+
+/// The cluster's size: `NETPOL_BENCH_NAMESPACES` (default 500) namespaces of 20 pods and
+/// `NETPOL_BENCH_POLICIES_PER_NAMESPACE` (default 20) policies; 5,000 and 4 give the issue's
+/// large cluster (100,000 pods, 20,000 policies).
+struct Size {
+    namespaces: usize,
+    policies_per_namespace: usize,
+}
+
+fn size() -> &'static Size {
+    static SIZE: std::sync::OnceLock<Size> = std::sync::OnceLock::new();
+    SIZE.get_or_init(|| {
+        let setting = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .filter(|value| *value > 0)
+                .unwrap_or(default)
+        };
+        Size {
+            namespaces: setting("NETPOL_BENCH_NAMESPACES", 500),
+            policies_per_namespace: setting("NETPOL_BENCH_POLICIES_PER_NAMESPACE", 20),
+        }
+    })
+}
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs
@@ -62,9 +88,8 @@ const ROLES: [&str; 4] = ["web", "api", "db", "cache"];
 
 fn pod(ns: usize, index: usize) -> Pod {
     let k = ns * PODS_PER_NAMESPACE + index;
-    let [hi, lo] = u16::try_from(k)
-        .expect("fewer than 65536 pods")
-        .to_be_bytes();
+    let block = u8::try_from(1 + (k >> 16)).expect("fewer than 16 million pods");
+    let [hi, lo] = u16::try_from(k & 0xffff).unwrap_or(0).to_be_bytes();
     let mut ports = vec![
         ContainerPort {
             name: Some("http".to_owned()),
@@ -85,7 +110,7 @@ fn pod(ns: usize, index: usize) -> Pod {
             protocol: Protocol::Udp,
         });
     }
-    let node = if k.is_multiple_of(LOCAL_EVERY) {
+    let node = if k < LOCAL_AMONG && k.is_multiple_of(LOCAL_EVERY) {
         NODE.to_owned()
     } else {
         format!("node-{:02}", k % 90)
@@ -99,7 +124,7 @@ fn pod(ns: usize, index: usize) -> Pod {
             ("version", format!("v{}", index % 3)),
         ]),
         ips: [
-            IpAddr::V4(Ipv4Addr::new(10, 1, hi, lo)),
+            IpAddr::V4(Ipv4Addr::new(10, block, hi, lo)),
             IpAddr::V6(Ipv6Addr::new(
                 0xfd00,
                 0,
@@ -107,8 +132,8 @@ fn pod(ns: usize, index: usize) -> Pod {
                 0,
                 0,
                 0,
-                1,
-                u16::try_from(k).unwrap_or(0),
+                u16::from(block),
+                u16::from_be_bytes([hi, lo]),
             )),
         ]
         .into(),
@@ -252,12 +277,12 @@ fn policy(ns: usize, index: usize, variant: usize) -> NetworkPolicy {
 
 fn synthetic() -> Snapshot {
     let mut snapshot = Snapshot::default();
-    for ns in 0..NAMESPACES {
+    for ns in 0..size().namespaces {
         snapshot.apply(Change::ApplyNamespace(namespace(ns, 0)));
         for index in 0..PODS_PER_NAMESPACE {
             snapshot.apply(Change::ApplyPod(pod(ns, index)));
         }
-        for index in 0..POLICIES_PER_NAMESPACE {
+        for index in 0..size().policies_per_namespace {
             snapshot.apply(Change::ApplyPolicy(policy(ns, index, 0)));
         }
     }
