@@ -62,6 +62,15 @@ impl Labels {
         self.pairs().iter().map(|(key, value)| (key, value))
     }
 
+    /// Whether `other` is this very allocation, not only equal (tests of the sharing).
+    #[cfg(test)]
+    pub(crate) fn shares_with(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            _ => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.pairs().len()
     }

@@ -530,6 +530,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["http", "admin"]);
         assert_eq!(model.ips.len(), 2);
+        // One copy of the labels for the source and the engine.
+        assert!(model.labels.shares_with(&slim_pod.metadata.labels));
         // A pod of one container, before its strings.
         let kept = std::mem::size_of::<SlimPod>() + std::mem::size_of::<SlimContainer>();
         let full = std::mem::size_of::<Pod>() + std::mem::size_of::<Container>();
