@@ -986,26 +986,32 @@ impl Engine {
                 self.spread_block_peer(id, cidr, except);
             }
             PeerDef::Pods { .. } => {
+                // Both maps are sorted by name: walked together, not looked up one by one
+                // (a peer over namespace labels tests every namespace of the cluster).
+                let mut known = self.snapshot.namespaces.iter().peekable();
                 let namespaces: Vec<String> = self
                     .pods_by_ns
                     .keys()
-                    .filter(|name| def.covers_namespace(name, self.snapshot.namespaces.get(*name)))
+                    .filter(|name| {
+                        while known.next_if(|(known, _)| known < name).is_some() {}
+                        let namespace = known
+                            .peek()
+                            .filter(|(known, _)| known == name)
+                            .map(|(_, namespace)| *namespace);
+                        def.covers_namespace(name, namespace)
+                    })
                     .cloned()
                     .collect();
                 for namespace in namespaces {
                     let ns = self.snapshot.namespaces.get(&namespace);
+                    // The namespace's pods are one run of the snapshot, in key order.
                     let members: Vec<ObjectRef> = self
-                        .pods_by_ns
-                        .get(&namespace)
-                        .into_iter()
-                        .flatten()
-                        .map(|name| ObjectRef::new(&namespace, name))
-                        .filter(|key| {
-                            self.snapshot
-                                .pods
-                                .get(key)
-                                .is_some_and(|pod| def.matches_pod(pod, ns))
-                        })
+                        .snapshot
+                        .pods
+                        .range(ObjectRef::new(&namespace, "")..)
+                        .take_while(|(key, _)| key.namespace == namespace)
+                        .filter(|(_, pod)| def.matches_pod(pod, ns))
+                        .map(|(key, _)| key.clone())
                         .collect();
                     for key in members {
                         self.peers.set_member(id, &key, true);
