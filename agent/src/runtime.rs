@@ -380,9 +380,14 @@ impl<B: Backend> Runtime<B> {
                         self.pending.note(id);
                     }
                 }
-                // Filled in key order: rebuilt with full nodes (every pod of the cluster).
-                objects.current = model::packed(std::mem::take(&mut objects.current));
-                objects.listed.insert(kind);
+                let first_list = objects.listed.insert(kind);
+                // The first lists insert every object in key order, which leaves the map's
+                // nodes about half empty: rebuilt with full nodes once, when the last kind is
+                // in (a later relist changes few objects).
+                if first_list && self.all_listed() {
+                    let current = std::mem::take(&mut self.objects.current);
+                    self.objects.current = model::packed(current);
+                }
             }
             SourceEvent::Failing { kind, detail } => {
                 self.metrics.count_source_problem("watch_error");
